@@ -14,6 +14,8 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 # Extra arguments for JupyterLab, e.g. make lab LAB_ARGS="--no-browser --port=8899"
 LAB_ARGS ?=
+# JupyterLab refuses to run as root (containers, CI) unless told that this is intended.
+ROOT_ARG := $(if $(filter 0,$(shell id -u)),--allow-root)
 # pip prints one line per unreachable extra index on some machines; keep the rest of its output.
 QUIET_PIP := { grep -v '^WARNING: Location' || true; }
 
@@ -33,7 +35,7 @@ $(STAMP): pyproject.toml
 	@echo "Set-up done."
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. notebooks/01_lora_increment.ipynb $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. notebooks/01_lora_increment.ipynb $(ROOT_ARG) $(LAB_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) --dist loadfile \

@@ -53,12 +53,22 @@ def lab(repo):
             pytest.fail("JupyterLab did not answer within 90 s")
         yield base, token
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop make and the JupyterLab it started (one process group), politely first."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
         try:
-            process.wait(timeout=20)
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break  # already gone
+        try:
+            process.wait(timeout=wait)
+            break
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            continue
+    process.wait(timeout=10)
 
 
 def test_make_lab_serves_lesson_01(lab):

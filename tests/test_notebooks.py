@@ -103,7 +103,7 @@ def test_execute_writes_outputs_without_timing_metadata(tmp_path):
     found = notebooks.execute([path], jobs=1)
     assert found == {"nb.ipynb": []}
     nb = json.loads(path.read_text())
-    assert nb["cells"][1]["outputs"][0]["text"] == "42\n"
+    assert "".join(nb["cells"][1]["outputs"][0]["text"]) == "42\n"
     assert all("execution" not in c["metadata"] for c in nb["cells"])
 
 
