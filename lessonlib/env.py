@@ -232,19 +232,19 @@ def environment_report(print_report: bool = True) -> EnvironmentReport:
     return report
 
 
-def colab_install_command(requirements: list[str]) -> list[str]:
+def colab_install_command(requirements: list[str], provided: list[str]) -> list[str]:
     """Return the pip command that installs the course requirements in Colab.
 
-    Colab ships its own CUDA build of torch; reinstalling torch there would download gigabytes
-    and could break its CUDA set-up, so torch is left out.
+    Colab ships its own CUDA build of torch, its numpy and its Jupyter stack; replacing them would
+    download gigabytes or break the runtime, so the ``provided`` names are left out.
 
     Example:
-        >>> colab_install_command(["torch==2.13.0", "peft>=0.21,<0.22"])[-1]
+        >>> colab_install_command(["torch==2.13.0", "peft>=0.21,<0.22"], ["torch"])[-1]
         'peft>=0.21,<0.22'
     """
     from lessonlib.requirements import requirement_name
 
-    keep = [r for r in requirements if requirement_name(r) != "torch"]
+    keep = [r for r in requirements if requirement_name(r) not in provided]
     return [sys.executable, "-m", "pip", "install", "--quiet", *keep]
 
 
@@ -259,6 +259,6 @@ def install_colab_requirements() -> None:
     """
     if not in_colab():
         return
-    from lessonlib.requirements import course_requirements
+    from lessonlib.requirements import colab_provided, course_requirements
 
-    subprocess.run(colab_install_command(course_requirements()), check=True)
+    subprocess.run(colab_install_command(course_requirements(), colab_provided()), check=True)

@@ -55,6 +55,16 @@ def offline_model_requirement(pyproject: Path | None = None) -> str:
     return _read_pyproject(pyproject)["tool"]["lessonlib"]["offline-model"]
 
 
+def colab_provided(pyproject: Path | None = None) -> list[str]:
+    """Return the names of the dependencies that a Colab runtime already has and must keep.
+
+    Example:
+        >>> "torch" in colab_provided()
+        True
+    """
+    return list(_read_pyproject(pyproject)["tool"]["lessonlib"]["colab-provided"])
+
+
 def repository_url(pyproject: Path | None = None) -> str:
     """Return the course repository's address (``[project.urls] Repository``).
 

@@ -85,13 +85,16 @@ def test_colab_detection(monkeypatch):
     assert env.in_colab()
 
 
-def test_colab_install_keeps_colab_torch_and_installs_the_rest():
-    from lessonlib.requirements import course_requirements
+def test_colab_install_keeps_what_colab_provides_and_installs_the_rest():
+    from lessonlib.requirements import colab_provided, course_requirements, requirement_name
 
-    command = env.colab_install_command(course_requirements())
-    assert command[:4] == [sys.executable, "-m", "pip", "install"]
-    assert not any(arg.startswith("torch") for arg in command)
-    assert "peft>=0.21,<0.22" in command and len(command) == 5 + len(course_requirements()) - 1
+    command = env.colab_install_command(course_requirements(), colab_provided())
+    assert command[:5] == [sys.executable, "-m", "pip", "install", "--quiet"]
+    installed = [requirement_name(r) for r in command[5:]]
+    assert "torch" not in installed and "numpy" not in installed and "jupyterlab" not in installed
+    for needed in ("transformers", "peft", "bitsandbytes", "accelerate", "gguf", "tqdm"):
+        assert needed in installed
+    assert "peft>=0.21,<0.22" in command  # with its pin
 
 
 def test_install_colab_requirements_does_nothing_outside_colab(monkeypatch):

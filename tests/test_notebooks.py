@@ -31,6 +31,13 @@ def test_stored_notebook_has_no_timing_metadata(path):
         assert "execution" not in cell.get("metadata", {})
 
 
+@pytest.mark.parametrize("path", STORED, ids=[p.name for p in STORED])
+def test_stored_notebook_states_its_cpu_budget(path):
+    """benchmarks/notebook_times.py compares each notebook's run time with this promise."""
+    budget = json.loads(path.read_text())["metadata"].get("lessonlib", {}).get("cpu_budget_s")
+    assert isinstance(budget, int) and budget > 0
+
+
 def _write(tmp_path: Path, cells, name="nb.ipynb") -> Path:
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

@@ -59,3 +59,9 @@ def test_requirement_name_rejects_garbage():
 def test_missing_pyproject_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="clone of the course repository"):
         req.course_requirements(tmp_path / "pyproject.toml")
+
+
+def test_colab_provided_names_are_course_dependencies():
+    names = {req.requirement_name(r) for r in req.course_requirements()}
+    assert set(req.colab_provided()) <= names
+    assert "torch" in req.colab_provided()
