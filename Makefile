@@ -38,12 +38,12 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. notebooks/01_lora_increment.ipynb $(ROOT_ARG) $(LAB_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) --dist loadfile \
+	$(PY) -m pytest -n $(JOBS) --dist loadfile --doctest-modules \
 	    --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
-	    tests notebooks $(wildcard solutions/*.ipynb)
+	    tests lessonlib notebooks $(wildcard solutions/*.ipynb)
 
 unit: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) --dist loadfile tests
+	$(PY) -m pytest -n $(JOBS) --dist loadfile --doctest-modules tests lessonlib
 
 nbval: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) --dist loadfile \
