@@ -18,6 +18,8 @@ LAB_ARGS ?=
 ROOT_ARG := $(if $(filter 0,$(shell id -u)),--allow-root)
 # pip prints one line per unreachable extra index on some machines; keep the rest of its output.
 QUIET_PIP := { grep -v '^WARNING: Location' || true; }
+# nbval strictly compares every output with the stored one, in this environment's kernel.
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: setup lab test unit nbval notebooks check clean
 
@@ -38,17 +40,14 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. notebooks/01_lora_increment.ipynb $(ROOT_ARG) $(LAB_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) --dist loadfile --doctest-modules \
-	    --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	$(PY) -m pytest -n $(JOBS) --dist loadfile --doctest-modules $(NBVAL) \
 	    tests lessonlib notebooks $(wildcard solutions/*.ipynb)
 
 unit: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) --dist loadfile --doctest-modules tests lessonlib
 
 nbval: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) --dist loadfile \
-	    --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
-	    notebooks $(wildcard solutions/*.ipynb)
+	$(PY) -m pytest -n $(JOBS) --dist loadfile $(NBVAL) notebooks $(wildcard solutions/*.ipynb)
 
 notebooks: $(STAMP)
 	$(PY) -m lessonlib notebooks execute --jobs $(JOBS)

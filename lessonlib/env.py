@@ -20,7 +20,7 @@ import platform
 import random
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 REPORTED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes")
 """The libraries whose versions the report shows, in this order."""
@@ -171,7 +171,6 @@ class EnvironmentReport:
     bnb_detail: str = ""
     colab: bool = False
     cpu_threads: int = 1
-    extra: dict[str, str] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, str]]:
         """Return the report as ``(label, value)`` rows, in display order."""
@@ -183,7 +182,6 @@ class EnvironmentReport:
             rows.append(("device", f"cpu only ({self.cpu_threads} threads)"))
         rows.append(("4-bit (bitsandbytes)", ("works" if self.bnb_4bit else "NOT available") + f": {self.bnb_detail}"))
         rows.append(("running in", "Google Colab" if self.colab else "local Jupyter / Python"))
-        rows += list(self.extra.items())
         return rows
 
     def __str__(self) -> str:
