@@ -5,6 +5,9 @@ Commands:
     notebooks execute [NB ...]   re-execute notebooks in place in fresh kernels (default: all stored)
     notebooks check [NB ...]     list hygiene problems of stored notebooks; exit 1 if any
 
+More commands live in the module they belong to; each has its own ``--help``
+(see ``MODULE_COMMANDS`` below).
+
 Example:
     $ python -m lessonlib notebooks execute notebooks/01_lora_increment.ipynb
 """
@@ -12,7 +15,12 @@ Example:
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+# Commands implemented by a module's own ``main(argv) -> int``: name -> (module, one-line help).
+# The module is imported only when its command runs, so ``python -m lessonlib env`` stays fast.
+MODULE_COMMANDS: dict[str, tuple[str, str]] = {}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,11 +36,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell (default 900)")
     check = nb_commands.add_parser("check", help="list hygiene problems of stored notebooks")
     check.add_argument("paths", nargs="*", help="notebooks (default: every lesson and solution)")
+
+    for name, (_module, summary) in MODULE_COMMANDS.items():
+        commands.add_parser(name, help=summary, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in MODULE_COMMANDS:
+        module = importlib.import_module(MODULE_COMMANDS[argv[0]][0])
+        return module.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "env":
         from lessonlib.env import environment_report
