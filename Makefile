@@ -3,6 +3,7 @@
 #   make test        set up .venv (first time only), then unit tests + nbval over every stored notebook
 #   make notebooks   re-execute the stored notebooks in place in fresh kernels (authors)
 #   make check       hygiene check of the stored notebooks (executed, no errors, no machine paths)
+#   make exercises   write the student notebooks exercises/ from solutions/ (never edit exercises/ by hand)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
@@ -21,7 +22,7 @@ QUIET_PIP := { grep -v '^WARNING: Location' || true; }
 # nbval strictly compares every output with the stored one, in this environment's kernel.
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup lab test unit nbval notebooks check clean
+.PHONY: setup lab test unit nbval notebooks check exercises clean
 
 setup: $(STAMP)
 
@@ -54,6 +55,9 @@ notebooks: $(STAMP)
 
 check: $(STAMP)
 	$(PY) -m lessonlib notebooks check
+
+exercises: $(STAMP)
+	$(PY) -m lessonlib exercises build
 
 clean:
 	rm -rf $(VENV) test-artifacts .pytest_cache

@@ -104,19 +104,22 @@ def _output_text(output: dict) -> str:
     return "".join("".join(c) if isinstance(c, list) else str(c) for c in chunks)
 
 
-def problems(path: str | os.PathLike, *, generated: bool = False) -> list[str]:
+def problems(path: str | os.PathLike, *, generated: bool | None = None) -> list[str]:
     """Return what is wrong with a stored notebook (an empty list when it is clean).
 
     Checked: valid JSON; not larger than :data:`MAX_NOTEBOOK_BYTES`; the first code cell is
     :func:`setup_cell_source`; every code cell executed (unless ``generated``, for student
     versions stored without outputs); no error outputs (except cells marked
     ``NBVAL_RAISES_EXCEPTION``); no machine-specific strings in outputs.
+    ``generated`` defaults to whether the notebook lies in an ``exercises/`` folder.
 
     Example:
         >>> problems("notebooks/01_lora_increment.ipynb")
         []
     """
     path = Path(path)
+    if generated is None:
+        generated = path.parent.name == "exercises"
     try:
         nb = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
