@@ -21,6 +21,7 @@ import sys
 # Commands implemented by a module's own ``main(argv) -> int``: name -> (module, one-line help).
 # The module is imported only when its command runs, so ``python -m lessonlib env`` stays fast.
 MODULE_COMMANDS: dict[str, tuple[str, str]] = {
+    "params": ("lessonlib.params", "parameter counts for LoRA on a model"),
     "exercises": ("lessonlib.exercises", "generate exercises/ from solutions/, or check that it is up to date"),
     "grade": ("lessonlib.grading", "grade a folder of submitted exercise notebooks into a CSV"),
 }

@@ -1,0 +1,516 @@
+"""Parameter counts for LoRA, computed analytically from a model's configuration.
+
+Nothing is built and nothing is downloaded: the shapes of every linear layer follow from a few
+numbers of the configuration (hidden size, MLP size, layers, attention and key/value heads,
+vocabulary, tied embeddings). From them this module computes the model's parameters, the
+parameters LoRA trains at rank ``r`` on chosen target modules, and the size of the adapter. The
+unit tests check every figure against ``peft`` on models built on the meta device.
+
+A LoRA adapter on a linear layer ``in_features -> out_features`` adds ``lora_A`` (r x in) and
+``lora_B`` (out x r): ``r * (in + out)`` trainable numbers per targeted module, no bias.
+
+Supported architectures (``model_type``): llama, mistral, qwen2, gemma, phi3 (fused ``qkv_proj``
+and ``gate_up_proj``) and gpt2 (fused ``c_attn``, ``Conv1D`` layers, learned positions, biases).
+
+Public API:
+    :func:`registry_names`, :data:`REGISTRY`  the real models that ship with the package
+    :func:`resolve_config`   a name, a dict or a config object -> a ``PretrainedConfig``
+    :func:`linear_layers`    the linear layers of a model, by module type (:class:`LinearLayer`)
+    :func:`parameter_groups` where the base model's parameters live (embeddings, attention, ...)
+    :func:`count_parameters` trainable / total parameters for LoRA (:class:`ParamCount`)
+    :func:`build_on_meta`    the real ``transformers`` model on the meta device (no memory)
+    :func:`main`             the command line, ``python -m lessonlib params``
+
+Example:
+    >>> from lessonlib.params import count_parameters
+    >>> c = count_parameters("llama-2-7b", rank=8, targets=("q_proj", "v_proj"))
+    >>> c.trainable, round(c.percent, 3)
+    (4194304, 0.062)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # transformers is imported only when a function needs it
+    from transformers import PretrainedConfig
+
+ALL_LINEAR = "all-linear"
+"""``peft``'s shorthand for every linear layer except the output head (``lm_head``)."""
+
+DEFAULT_TARGETS = ("q_proj", "v_proj")
+"""The targets of the original LoRA paper, and ``peft``'s default for Llama-style models."""
+
+_OTHER_DEFAULT_TARGETS = {"gpt2": ("c_attn",), "phi3": ("qkv_proj",)}
+"""Defaults where the attention is fused (GPT-2's is ``peft``'s; Phi-3's is the same idea)."""
+
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+"""Bytes per stored number for the dtypes an adapter is saved in."""
+
+# The configuration fields that decide the shapes, per model type. A dict missing one is refused.
+_NEEDED_FIELDS = {
+    "llama": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"),
+    "gpt2": ("n_embd", "n_layer", "n_head", "vocab_size"),
+}
+for _name in ("mistral", "qwen2", "gemma", "phi3"):
+    _NEEDED_FIELDS[_name] = _NEEDED_FIELDS["llama"]
+SUPPORTED_MODEL_TYPES = tuple(sorted(_NEEDED_FIELDS))
+"""The ``model_type`` values whose layout this module knows."""
+
+# Real models, from their published configurations (only the fields that decide parameter counts).
+REGISTRY: dict[str, dict[str, Any]] = {
+    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
+    "smollm2-360m": dict(model_type="llama", hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+                         num_attention_heads=15, num_key_value_heads=5, vocab_size=49152, tie_word_embeddings=True),
+    "smollm2-1.7b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+                         num_attention_heads=32, num_key_value_heads=32, vocab_size=49152, tie_word_embeddings=True),
+    "llama-2-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False),
+    "llama-2-13b": dict(model_type="llama", hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                        num_attention_heads=40, num_key_value_heads=40, vocab_size=32000, tie_word_embeddings=False),
+    "llama-2-70b": dict(model_type="llama", hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                        num_attention_heads=64, num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False),
+    "llama-3.1-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+    "llama-3.1-70b": dict(model_type="llama", hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                          num_attention_heads=64, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+    "mistral-7b": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False),
+    "qwen2.5-0.5b": dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-7b": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "phi-3-mini": dict(model_type="phi3", hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, vocab_size=32064, tie_word_embeddings=False),
+    "gemma-2b": dict(model_type="gemma", hidden_size=2048, intermediate_size=16384, num_hidden_layers=18,
+                     num_attention_heads=8, num_key_value_heads=1, head_dim=256, vocab_size=256000,
+                     tie_word_embeddings=True),
+    "gpt2": dict(model_type="gpt2", n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257,
+                 tie_word_embeddings=True),
+}
+
+
+def registry_names() -> list[str]:
+    """Return the names of the real models that ship with the package, in registry order.
+
+    Example:
+        >>> registry_names()[:3]
+        ['smollm2-135m', 'smollm2-360m', 'smollm2-1.7b']
+    """
+    return list(REGISTRY)
+
+
+def _registry_key(name: str) -> str:
+    """Find a registry name, ignoring case, an organisation prefix and ``-hf``/``-instruct`` endings."""
+    key = name.strip().lower().rsplit("/", 1)[-1].replace("_", "-")
+    for suffix in ("-instruct", "-hf", "-v0.1"):
+        key = key.removesuffix(suffix)
+    aliases = {"gpt2-small": "gpt2", "gpt-2": "gpt2", "gpt-2-small": "gpt2", "phi-3-mini-4k": "phi-3-mini"}
+    key = aliases.get(key, key)
+    if key not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; the registry has: {', '.join(REGISTRY)} "
+                         "(or pass a config dict / transformers config)")
+    return key
+
+
+def resolve_config(model: str | Mapping[str, Any] | PretrainedConfig) -> PretrainedConfig:
+    """Return a ``transformers`` config for a registry name, a plain dict or a config object.
+
+    A dict needs ``model_type`` and the fields that decide the shapes (for Llama-style models:
+    hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, vocab_size;
+    ``num_key_value_heads``, ``head_dim`` and ``tie_word_embeddings`` take the library's
+    defaults when left out). It is built with ``transformers.AutoConfig.for_model``.
+
+    Raises:
+        ValueError: unknown registry name (the message lists the registry), a dict without
+            ``model_type`` or without a needed field (the message names it), an unsupported
+            ``model_type``.
+
+    Example:
+        >>> cfg = resolve_config("SmolLM2-135M")
+        >>> cfg.model_type, cfg.hidden_size, cfg.num_key_value_heads, cfg.tie_word_embeddings
+        ('llama', 576, 3, True)
+        >>> resolve_config({"model_type": "llama", "hidden_size": 64})
+        Traceback (most recent call last):
+        ...
+        ValueError: config is missing 'intermediate_size' (a llama config needs: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, vocab_size)
+    """
+    if isinstance(model, str):
+        model = REGISTRY[_registry_key(model)]
+    if isinstance(model, Mapping):
+        fields = dict(model)
+        model_type = fields.pop("model_type", None)
+        if model_type is None:
+            raise ValueError(f"config is missing 'model_type' (one of: {', '.join(SUPPORTED_MODEL_TYPES)})")
+        _check_model_type(model_type)
+        needed = _NEEDED_FIELDS[model_type]
+        for name in needed:
+            if fields.get(name) is None:
+                raise ValueError(f"config is missing {name!r} (a {model_type} config needs: {', '.join(needed)})")
+        from transformers import AutoConfig
+
+        return AutoConfig.for_model(model_type, **fields)
+    if not hasattr(model, "model_type") or not hasattr(model, "to_dict"):
+        raise ValueError(f"expected a registry name, a dict or a transformers config, got {type(model).__name__}")
+    _check_model_type(model.model_type)
+    for name in _NEEDED_FIELDS[model.model_type]:
+        if getattr(model, name, None) is None:
+            raise ValueError(f"config is missing {name!r}")
+    return model
+
+
+def _check_model_type(model_type: str) -> None:
+    if model_type not in _NEEDED_FIELDS:
+        raise ValueError(f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+
+
+@dataclass(frozen=True)
+class LinearLayer:
+    """One kind of linear layer in a model: ``count`` modules named ``name`` of the same shape.
+
+    ``name`` is the module's own name (what ``peft``'s ``target_modules`` matches), ``group`` the
+    block it sits in (``"attention"``, ``"mlp"`` or ``"head"``). GPT-2's ``c_proj`` appears twice,
+    once per group, with different shapes.
+
+    Example:
+        >>> layer = LinearLayer("q_proj", 576, 576, bias=False, count=30, group="attention")
+        >>> layer.weights, layer.lora_parameters(8)
+        (9953280, 276480)
+    """
+
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool
+    count: int
+    group: str = "attention"
+
+    @property
+    def weights(self) -> int:
+        """Parameters of all ``count`` modules: weights plus biases."""
+        return self.count * (self.in_features * self.out_features + (self.out_features if self.bias else 0))
+
+    def lora_parameters(self, rank: int) -> int:
+        """Trainable LoRA parameters on all ``count`` modules: ``count * r * (in + out)``."""
+        return self.count * rank * (self.in_features + self.out_features)
+
+
+def _tied(config: PretrainedConfig) -> bool:
+    return bool(getattr(config, "tie_word_embeddings", False))
+
+
+def linear_layers(model: str | Mapping[str, Any] | PretrainedConfig) -> list[LinearLayer]:
+    """Return the model's linear layers by module type, in the order they appear in a block.
+
+    The output head ``lm_head`` comes last (group ``"head"``); when the embeddings are tied its
+    weight is the embedding matrix, so :func:`parameter_groups` counts it once, there.
+
+    Example:
+        >>> [(l.name, l.in_features, l.out_features, l.count) for l in linear_layers("smollm2-135m")][:3]
+        [('q_proj', 576, 576, 30), ('k_proj', 576, 192, 30), ('v_proj', 576, 192, 30)]
+        >>> [l.name for l in linear_layers("gpt2")]
+        ['c_attn', 'c_proj', 'c_fc', 'c_proj', 'lm_head']
+    """
+    cfg = resolve_config(model)
+    kind = cfg.model_type
+    if kind == "gpt2":
+        d, n = cfg.n_embd, cfg.n_layer
+        inner = getattr(cfg, "n_inner", None) or 4 * d
+        return [
+            LinearLayer("c_attn", d, 3 * d, True, n, "attention"),
+            LinearLayer("c_proj", d, d, True, n, "attention"),
+            LinearLayer("c_fc", d, inner, True, n, "mlp"),
+            LinearLayer("c_proj", inner, d, True, n, "mlp"),
+            LinearLayer("lm_head", d, cfg.vocab_size, False, 1, "head"),
+        ]
+    d, n, inter = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size
+    heads = cfg.num_attention_heads
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or d // heads
+    q_out, kv_out = heads * head_dim, kv * head_dim
+    attn_bias = bool(getattr(cfg, "attention_bias", False))
+    qkv_bias, o_bias = attn_bias, attn_bias
+    if kind == "qwen2":  # Qwen2 always has biases on q, k, v and none on o
+        qkv_bias, o_bias = True, False
+    elif kind in ("mistral", "phi3"):
+        qkv_bias = o_bias = False
+    mlp_bias = bool(getattr(cfg, "mlp_bias", False)) if kind == "llama" else False
+    if kind == "phi3":
+        attention = [LinearLayer("qkv_proj", d, q_out + 2 * kv_out, False, n), LinearLayer("o_proj", q_out, d, False, n)]
+        mlp = [LinearLayer("gate_up_proj", d, 2 * inter, False, n, "mlp"),
+               LinearLayer("down_proj", inter, d, False, n, "mlp")]
+    else:
+        attention = [
+            LinearLayer("q_proj", d, q_out, qkv_bias, n),
+            LinearLayer("k_proj", d, kv_out, qkv_bias, n),
+            LinearLayer("v_proj", d, kv_out, qkv_bias, n),
+            LinearLayer("o_proj", q_out, d, o_bias, n),
+        ]
+        mlp = [
+            LinearLayer("gate_proj", d, inter, mlp_bias, n, "mlp"),
+            LinearLayer("up_proj", d, inter, mlp_bias, n, "mlp"),
+            LinearLayer("down_proj", inter, d, mlp_bias, n, "mlp"),
+        ]
+    return [*attention, *mlp, LinearLayer("lm_head", d, cfg.vocab_size, False, 1, "head")]
+
+
+def parameter_groups(model: str | Mapping[str, Any] | PretrainedConfig) -> dict[str, int]:
+    """Return where the base model's parameters live; the values add up to the model's total.
+
+    Groups: ``embeddings`` (token, plus learned positions for GPT-2), ``attention`` and ``mlp``
+    (all layers, with biases), ``norms`` (every normalization layer, final one included) and
+    ``lm_head`` (0 when tied to the embeddings: the same matrix is not counted twice).
+
+    Example:
+        >>> groups = parameter_groups("smollm2-135m")
+        >>> groups["embeddings"], groups["lm_head"], sum(groups.values())
+        (28311552, 0, 134515008)
+    """
+    cfg = resolve_config(model)
+    layers = linear_layers(cfg)
+    groups = {"embeddings": 0, "attention": 0, "mlp": 0, "norms": 0, "lm_head": 0}
+    for layer in layers:
+        if layer.group == "head":
+            groups["lm_head"] = 0 if _tied(cfg) else layer.weights
+        else:
+            groups[layer.group] += layer.weights
+    if cfg.model_type == "gpt2":
+        d = cfg.n_embd
+        groups["embeddings"] = (cfg.vocab_size + cfg.n_positions) * d
+        groups["norms"] = (2 * cfg.n_layer + 1) * 2 * d  # LayerNorm: weight and bias
+    else:
+        d = cfg.hidden_size
+        groups["embeddings"] = cfg.vocab_size * d
+        groups["norms"] = (2 * cfg.num_hidden_layers + 1) * d  # RMSNorm: weight only
+    return groups
+
+
+def _module_names(cfg: PretrainedConfig) -> list[str]:
+    return list(dict.fromkeys(layer.name for layer in linear_layers(cfg)))
+
+
+def default_targets(model: str | Mapping[str, Any] | PretrainedConfig) -> tuple[str, ...]:
+    """Return the default LoRA targets for a model: q_proj and v_proj, or the fused attention input.
+
+    Example:
+        >>> default_targets("mistral-7b"), default_targets("gpt2")
+        (('q_proj', 'v_proj'), ('c_attn',))
+    """
+    return _OTHER_DEFAULT_TARGETS.get(resolve_config(model).model_type, DEFAULT_TARGETS)
+
+
+def resolve_targets(model: str | Mapping[str, Any] | PretrainedConfig,
+                    targets: str | Iterable[str] | None = None) -> tuple[str, ...]:
+    """Return the module names LoRA targets, as ``peft`` resolves them.
+
+    ``None`` means :func:`default_targets`; ``"all-linear"`` every linear layer except
+    ``lm_head``; a string with commas is split; otherwise the names must be module names the
+    model has (a name matches that module in every layer, as in ``peft``).
+
+    Example:
+        >>> resolve_targets("gpt2", "all-linear")
+        ('c_attn', 'c_proj', 'c_fc')
+        >>> resolve_targets("llama-2-7b", "q_proj,v_proj")
+        ('q_proj', 'v_proj')
+    """
+    cfg = resolve_config(model)
+    have = _module_names(cfg)
+    if targets is None:
+        return default_targets(cfg)
+    if isinstance(targets, str):
+        if targets.strip().lower() == ALL_LINEAR:
+            return tuple(name for name in have if name != "lm_head")
+        targets = targets.split(",")
+    names = tuple(dict.fromkeys(str(t).strip() for t in targets))
+    if not names or "" in names:
+        raise ValueError(f"targets must name at least one module (or be {ALL_LINEAR!r}); this model has: {', '.join(have)}")
+    unknown = [name for name in names if name not in have]
+    if unknown:
+        raise ValueError(f"this {cfg.model_type} model has no module {', '.join(map(repr, unknown))}; "
+                         f"its linear modules are: {', '.join(have)} (or use {ALL_LINEAR!r})")
+    return names
+
+
+@dataclass
+class ParamCount:
+    """The parameters of a model with a LoRA adapter, as :func:`count_parameters` computed them.
+
+    ``base`` is the model without adapter; ``trainable`` the adapter (LoRA A and B); ``total``
+    is both together and ``percent`` is ``100 * trainable / total``: the two numbers and the
+    share that ``peft``'s ``print_trainable_parameters`` shows. ``by_module`` maps each targeted
+    module name to its trainable parameters (all layers together).
+
+    Example:
+        >>> c = count_parameters("smollm2-135m", rank=8, targets="all-linear")
+        >>> c.base, c.trainable, c.by_module["q_proj"]
+        (134515008, 2442240, 276480)
+        >>> c.adapter_bytes("fp32")
+        9768960
+    """
+
+    model: str
+    rank: int
+    targets: tuple[str, ...]
+    base: int
+    trainable: int
+    by_module: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """All parameters with the adapter attached (``peft``'s "all params")."""
+        return self.base + self.trainable
+
+    @property
+    def percent(self) -> float:
+        """Trainable share of all parameters, in percent."""
+        return 100 * self.trainable / self.total
+
+    def adapter_bytes(self, dtype: str = "fp32") -> int:
+        """Bytes of the adapter's tensors stored in ``dtype`` (``fp32``, ``bf16`` or ``fp16``).
+
+        A saved ``adapter_model.safetensors`` is this plus a small header (names and shapes).
+        """
+        if dtype not in DTYPE_BYTES:
+            raise ValueError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPE_BYTES)}")
+        return self.trainable * DTYPE_BYTES[dtype]
+
+    def base_bytes(self, dtype: str = "fp32") -> int:
+        """Bytes of the full model's weights in ``dtype`` (what a full fine-tune saves)."""
+        if dtype not in DTYPE_BYTES:
+            raise ValueError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPE_BYTES)}")
+        return self.base * DTYPE_BYTES[dtype]
+
+    def rows(self) -> list[tuple[str, str]]:
+        """Return the table as ``(label, value)`` rows, numbers with thousands separators."""
+        rows = [("model", self.model), ("rank", str(self.rank)), ("targets", ", ".join(self.targets))]
+        rows += [(f"  {name}", f"{n:,}") for name, n in self.by_module.items()]
+        rows += [
+            ("trainable", f"{self.trainable:,}"),
+            ("total", f"{self.total:,}"),
+            ("trainable %", f"{self.percent:.4f}%"),
+            ("adapter (fp32)", format_bytes(self.adapter_bytes("fp32"))),
+            ("adapter (bf16)", format_bytes(self.adapter_bytes("bf16"))),
+        ]
+        return rows
+
+    def table(self) -> str:
+        """Return :meth:`rows` as an aligned plain-text table (what the CLI prints)."""
+        rows = self.rows()
+        width = max(len(label) for label, _ in rows)
+        return "\n".join(f"{label:<{width}} : {value}" for label, value in rows)
+
+
+def format_bytes(n: int) -> str:
+    """Return a byte count in readable units (powers of 1000, as file sizes are usually shown).
+
+    Example:
+        >>> format_bytes(9_768_960), format_bytes(512), format_bytes(13_476_831_232)
+        ('9.77 MB', '512 B', '13.48 GB')
+    """
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def count_parameters(model: str | Mapping[str, Any] | PretrainedConfig, rank: int = 8,
+                     targets: str | Iterable[str] | None = None) -> ParamCount:
+    """Count the parameters LoRA trains at ``rank`` on ``targets``, without building the model.
+
+    Args:
+        model: a registry name (see :func:`registry_names`), a config dict or a transformers config.
+        rank: LoRA's ``r``, a positive integer no larger than any targeted layer's smaller side.
+        targets: module names (e.g. ``("q_proj", "v_proj")`` or ``"q_proj,v_proj"``), or
+            ``"all-linear"`` (every linear layer except ``lm_head``, as in ``peft``), or None
+            for :func:`default_targets` (``q_proj, v_proj``; ``c_attn`` for GPT-2).
+
+    Raises:
+        ValueError: bad model, rank or targets; the message says what is accepted.
+
+    Example:
+        >>> count_parameters("llama-2-7b", 8).trainable
+        4194304
+        >>> count_parameters("llama-2-7b", 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: rank must be a positive integer, got 0
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    cfg = resolve_config(model)
+    names = resolve_targets(cfg, targets)
+    by_module: dict[str, int] = {}
+    for layer in linear_layers(cfg):
+        if layer.name not in names:
+            continue
+        smaller = min(layer.in_features, layer.out_features)
+        if rank > smaller:
+            raise ValueError(f"rank {rank} is larger than {layer.name}'s smaller dimension "
+                             f"({layer.in_features} x {layer.out_features}); use a rank of at most {smaller}")
+        by_module[layer.name] = by_module.get(layer.name, 0) + layer.lora_parameters(rank)
+    label = model if isinstance(model, str) else getattr(cfg, "name_or_path", "") or cfg.model_type
+    return ParamCount(model=label, rank=rank, targets=names, base=sum(parameter_groups(cfg).values()),
+                      trainable=sum(by_module.values()), by_module=by_module)
+
+
+def build_on_meta(model: str | Mapping[str, Any] | PretrainedConfig):
+    """Build the real ``transformers`` causal-LM model on the meta device: shapes, no memory.
+
+    Useful to check the analytical counts (``peft`` counts parameters on it) and to look at the
+    module tree. A 7B model takes a fraction of a second.
+
+    Example:
+        >>> m = build_on_meta("smollm2-135m")
+        >>> sum(p.numel() for p in m.parameters()), next(m.parameters()).device.type
+        (134515008, 'meta')
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg = resolve_config(model)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m lessonlib params --model NAME --rank R --targets a,b | all-linear``.
+
+    Prints the table of :meth:`ParamCount.table`; ``--list`` prints the registry. Bad input
+    prints the error and returns 2.
+
+    Example:
+        >>> main(["--model", "llama-2-7b", "--rank", "8"])  # doctest: +ELLIPSIS
+        model          : llama-2-7b
+        ...
+        trainable      : 4,194,304
+        ...
+        0
+    """
+    parser = argparse.ArgumentParser(prog="python -m lessonlib params",
+                                     description="Parameter counts for LoRA on a model (computed from its config).")
+    parser.add_argument("--model", default="smollm2-135m", help="a registry name (see --list); default smollm2-135m")
+    parser.add_argument("--rank", "-r", type=int, default=8, help="LoRA rank r (default 8)")
+    parser.add_argument("--targets", default=None,
+                        help="comma-separated module names, or all-linear (default q_proj,v_proj; c_attn for gpt2)")
+    parser.add_argument("--list", action="store_true", help="list the models in the registry and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name in registry_names():
+            print(name)
+        return 0
+    try:
+        count = count_parameters(args.model, args.rank, args.targets)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(count.table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
