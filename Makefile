@@ -40,7 +40,17 @@ $(STAMP): pyproject.toml
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. notebooks/01_lora_increment.ipynb $(ROOT_ARG) $(LAB_ARGS)
 
-test: $(STAMP)
+# The browser test drives Debian's Chromium. Install it when it is missing and this is root on a
+# Debian-like machine (CI); anywhere else the browser test skips and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Debian's chromium and chromium-driver for the browser test..."; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+	      >/dev/null 2>&1 || echo "Could not install Chromium: the browser test will be skipped."; \
+	  else echo "No Chromium and not root: the browser test will be skipped (apt-get install chromium)."; fi; }
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -n $(JOBS) --dist loadfile --doctest-modules $(NBVAL) \
 	    tests lessonlib notebooks $(wildcard solutions/*.ipynb)
 

@@ -51,10 +51,13 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def running_lab(repo: Path, startup_s: float = 90) -> Iterator[tuple[str, str]]:
-    """Run ``make lab`` headless on a free port; yield (base URL, token); always stop it afterwards."""
+def running_lab(repo: Path, startup_s: float = 90, extra_args: str = "") -> Iterator[tuple[str, str]]:
+    """Run ``make lab`` headless on a free port; yield (base URL, token); always stop it afterwards.
+
+    ``extra_args`` are more JupyterLab options, passed through ``LAB_ARGS`` like the port.
+    """
     port, token = free_port(), secrets.token_hex(16)
-    args = f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token={token}"
+    args = f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token={token} {extra_args}".strip()
     process = subprocess.Popen(["make", "-s", "lab", f"LAB_ARGS={args}"], cwd=repo, start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
