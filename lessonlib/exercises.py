@@ -216,8 +216,8 @@ def exercise_notebook(solution: Any, name: str = "") -> Any:
         if "rubric" in mark or ("tests" in mark and mark.get("hidden")):
             continue
         if "answer" in mark:
-            name = str(mark["answer"])
-            cell.source = strip_markdown_solution(cell.source) if "manual" in mark else strip_solution(cell.source, name)
+            question = str(mark["answer"])
+            cell.source = strip_markdown_solution(cell.source) if "manual" in mark else strip_solution(cell.source, question)
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
