@@ -91,8 +91,8 @@ def find_submissions(folder: str | os.PathLike) -> dict[str, Path]:
     """Return ``{student: path}`` for every notebook in a submissions folder.
 
     Example:
-        >>> find_submissions("exercises")
-        {'01_lora_increment': PosixPath('exercises/01_lora_increment.ipynb')}
+        >>> find_submissions("exercises")["01_lora_increment"]
+        PosixPath('exercises/01_lora_increment.ipynb')
     """
     folder = Path(folder)
     if not folder.is_dir():

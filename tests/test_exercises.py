@@ -19,11 +19,10 @@ SOLUTIONS = sorted((REPO / "solutions").glob("*.ipynb"))
 IDS = [p.name for p in SOLUTIONS]
 
 
-def test_every_lesson_on_the_course_map_is_known():
-    """Lessons without an exercise notebook are listed here on purpose (the report says which)."""
+def test_every_solution_notebook_belongs_to_a_lesson():
     lessons = {p.stem for p in (REPO / "notebooks").glob("*.ipynb")}
-    assert {p.stem for p in SOLUTIONS} <= lessons | {"00_none"}, "a solution notebook without its lesson"
     assert SOLUTIONS, "no solution notebooks"
+    assert {p.stem for p in SOLUTIONS} <= lessons, "a solution notebook without its lesson"
 
 
 def test_exercises_folder_is_what_the_generator_writes():
