@@ -24,23 +24,13 @@ TRAINABLE_CLASS = "lora-trainable"
 """CSS class of the HTML widget that shows ``trainable: N`` (for browser tests)."""
 
 
-def _in_kernel() -> bool:
-    """True inside a Jupyter kernel, where Output widgets capture what is drawn."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and hasattr(shell, "kernel")
-
-
 class LoraCalculator:
     """The widgets of :func:`lora_calculator` and the count they show.
 
     Attributes: ``model`` (Dropdown), ``rank`` (IntSlider, description ``"rank"``), ``targets``
     (SelectMultiple of the model's linear modules), ``trainable`` (HTML, ``trainable: N``),
-    ``table`` (HTML), ``chart`` (Output), ``widget`` (the VBox that holds them), ``count`` (the
-    current :class:`~lessonlib.params.ParamCount`, None while the input is invalid).
+    ``table`` (HTML), ``chart`` (Image: a PNG bar chart), ``widget`` (the VBox holding them),
+    ``count`` (the current :class:`~lessonlib.params.ParamCount`, None while the input is invalid).
     """
 
     def __init__(self, model: str, rank: int, targets: Sequence[str] | None, models: Sequence[str],
@@ -55,7 +45,7 @@ class LoraCalculator:
         self.trainable = w.HTML()
         self.trainable.add_class(TRAINABLE_CLASS)
         self.table = w.HTML()
-        self.chart = w.Output()
+        self.chart = w.Image(format="png")
         self._set_target_options(targets)
         self.widget = w.VBox([w.HBox([self.model, self.rank]), self.targets, self.trainable,
                               w.HBox([self.table, self.chart])])
@@ -91,8 +81,7 @@ class LoraCalculator:
             self.count = None
             self.trainable.value = f"<b>error: {html.escape(str(exc))}</b>"
             self.table.value = ""
-            if _in_kernel():
-                self.chart.clear_output()
+            self.chart.value = b""
             return
         self.trainable.value = f"<b>trainable: {self.count.trainable:,}</b>"
         cells = "".join(f"<tr><td>{html.escape(k.strip())}</td><td style='text-align:right'>{html.escape(v)}</td></tr>"
@@ -101,20 +90,22 @@ class LoraCalculator:
         self._draw_chart()
 
     def _draw_chart(self) -> None:
-        import matplotlib.pyplot as plt
+        # Drawn to PNG bytes in an Image widget: no output messages, so it behaves the same in
+        # JupyterLab, in nbval's kernel and outside Jupyter.
+        from io import BytesIO
+
+        from matplotlib.figure import Figure
 
         count = self.count
-        if not _in_kernel():  # outside Jupyter an Output widget has nowhere to draw
-            return
-        self.chart.clear_output(wait=True)
-        with self.chart:
-            fig, ax = plt.subplots(figsize=(5, 2.8))
-            ax.barh(list(count.by_module)[::-1], list(count.by_module.values())[::-1], color="tab:orange")
-            ax.set_xlabel("trainable parameters (all layers)")
-            ax.set_title(f"{count.model}, r = {count.rank}: {count.percent:.3f}% of {count.total:,}", fontsize=9)
-            fig.tight_layout()
-            plt.show()
-        plt.close(fig)
+        fig = Figure(figsize=(5, 2.8))
+        ax = fig.subplots()
+        ax.barh(list(count.by_module)[::-1], list(count.by_module.values())[::-1], color="tab:orange")
+        ax.set_xlabel("trainable parameters (all layers)")
+        ax.set_title(f"{count.model}, r = {count.rank}: {count.percent:.3f}% of {count.total:,}", fontsize=9)
+        fig.tight_layout()
+        buffer = BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        self.chart.value = buffer.getvalue()
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

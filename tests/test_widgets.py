@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import matplotlib
 import pytest
 
-matplotlib.use("Agg")
-
-from lessonlib.params import count_parameters  # noqa: E402
-from lessonlib.widgets import TRAINABLE_CLASS, lora_calculator  # noqa: E402
+from lessonlib.params import count_parameters
+from lessonlib.widgets import TRAINABLE_CLASS, lora_calculator
 
 
 def test_rank_slider_redraws_the_trainable_text():
@@ -28,12 +25,14 @@ def test_targets_and_model_change_redraw_the_count():
     calc.model.value = "phi-3-mini"
     assert calc.targets.value == ("qkv_proj",)
     assert calc.count.trainable == count_parameters("phi-3-mini", 8).trainable
+    assert bytes(calc.chart.value)[:4] == b"\x89PNG"  # the chart was redrawn as an image
 
 
 def test_invalid_choice_shows_an_error_instead_of_a_count():
     calc = lora_calculator("gpt2")
     calc.targets.value = ()
     assert calc.count is None and calc.trainable_text().startswith("error: targets must name")
+    assert bytes(calc.chart.value) == b""
 
 
 def test_bad_arguments_are_value_errors():
