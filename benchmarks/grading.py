@@ -2,8 +2,8 @@
 
 The submissions are made from the real exercise and its solution in a temporary folder: a third
 answered perfectly, a third handed in blank, a third with one wrong answer. Each is graded the way
-``python -m lessonlib grade`` does it (its own process and kernel). The course target: 30
-submissions of exercise 01 in about a minute on an idle 2-core machine with ``--jobs 2``.
+``python -m lessonlib grade`` does it (its own process and kernel, so most of the time per
+submission is starting Python, a kernel and torch). Compare ``--jobs 1 2`` to see the parallel gain.
 Run: .venv/bin/python benchmarks/grading.py [--exercise 01_lora_increment] [--count 30] [--jobs 1 2]
 """
 
