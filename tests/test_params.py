@@ -24,12 +24,16 @@ from lessonlib.params import (  # noqa: E402
     resolve_targets,
 )
 
+# a deprecation notice raised inside peft/transformers, not about this code
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+
 
 def peft_counts(name: str, rank: int, targets) -> tuple[int, int]:
     """(trainable, all) as peft counts them on the real model built on the meta device."""
     model = build_on_meta(name)
     target_modules = targets if isinstance(targets, str) else list(targets)
-    config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=target_modules)
+    fused_conv1d = REGISTRY.get(name, {}).get("model_type") == "gpt2"  # GPT-2's Conv1D stores (in, out)
+    config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=target_modules, fan_in_fan_out=fused_conv1d)
     # low_cpu_mem_usage: peft creates the adapter on the meta device too (fast for 70B models)
     return peft.get_peft_model(model, config, low_cpu_mem_usage=True).get_nb_trainable_parameters()
 
