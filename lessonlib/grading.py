@@ -339,17 +339,22 @@ def grade_in_child(source: Path, submission: Path, student: str, timeout: float)
         out = Path(tmp) / "result.json"
         command = [sys.executable, "-m", "lessonlib.grading", "--child", str(source), str(submission), student,
                    str(timeout), str(out)]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            _, err = process.communicate(timeout=timeout + KERNEL_START_S + 30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            return Result(student, "timeout", feedback=[f"Your notebook did not finish within {timeout:g} s."])
+        log = Path(tmp) / "stderr.txt"  # a file, not a pipe: a flood of messages costs no memory here
+        with log.open("wb") as err:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+            try:
+                process.wait(timeout=timeout + KERNEL_START_S + 30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return Result(student, "timeout", feedback=[f"Your notebook did not finish within {timeout:g} s."])
         if process.returncode == 0 and out.is_file():
             data = json.loads(out.read_text())
             return Result(**data)
-        last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+        with log.open("rb") as err:
+            err.seek(max(0, log.stat().st_size - 4000))
+            tail = err.read().decode(errors="replace")
+        last = tail.strip().splitlines()[-1:] or ["no message"]
         return Result(student, "crashed", feedback=[f"The grader could not run your notebook ({last[0][:200]})."])
 
 

@@ -21,7 +21,7 @@ from lessonlib.exercises import marker, questions
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((REPO / "solutions").glob("*.ipynb"))
 LESSON = "01_lora_increment"
-TIMEOUT = 20  # seconds per submission in the corpus (the endless loop costs exactly this)
+TIMEOUT = 30  # seconds per submission in the corpus (the endless loop costs exactly this)
 
 
 def load(name: str, folder: str) -> dict:
@@ -83,7 +83,9 @@ def build_corpus(folder: Path) -> dict[str, tuple[str, dict[str, int]]]:
     write("duplicated_cells", duplicated, "ok", full)
 
     before_second = {q: (full[q] if auto.index(q) < auto.index(second) else 0) for q in auto}
-    write("endless_loop", with_answer(second, "while True:\n    pass"), "timeout", before_second)
+    # In the first question: how much runs before a loop depends on the machine's speed (points
+    # earned before a stop are checked with os._exit below, which does not).
+    write("endless_loop", with_answer(first, "while True:\n    pass"), "timeout", zero)
     write("os_exit", with_answer(second, "import os\nos._exit(3)"), "crashed", before_second)
     write("sys_exit", with_answer(second, "import sys\nsys.exit(0)"), "ok", {**full, second: 0})
     write("exception", with_answer(first, "raise RuntimeError('boom')"), "ok", {**full, first: 0})
