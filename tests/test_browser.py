@@ -80,6 +80,16 @@ def open_notebook(page, lab, name: str) -> None:
     base, token = lab
     page.goto(f"{base}/lab/tree/notebooks/{name}?token={token}")
     page.locator(".jp-Notebook").first.wait_for(timeout=60_000)
+    # On a busy machine the kernel list can arrive after the notebook: JupyterLab then asks which
+    # kernel to use. The notebook names python3, which the dialog offers first.
+    dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+    try:
+        dialog.wait_for(timeout=5_000)
+    except playwright_api.TimeoutError:
+        pass
+    else:
+        dialog.get_by_role("button", name="Select").click()
+    page.locator(".jp-StatusBar-TextItem", has_text="| Idle").first.wait_for(timeout=120_000)
 
 
 def test_lesson_01_renders_its_three_shape_lines(page, lab):
@@ -90,3 +100,37 @@ def test_lesson_01_renders_its_three_shape_lines(page, lab):
     assert lines == ["W shape : torch.Size([8, 8])", "delta shape : torch.Size([8, 8])",
                      "W_new shape : torch.Size([8, 8])"]
     assert page.get_by_text("Error displaying widget").count() == 0
+
+
+def run_all_cells(page) -> None:
+    page.get_by_text("Run", exact=True).first.click()
+    page.get_by_text("Run All Cells", exact=True).first.click()
+
+
+def test_lesson_03_calculator_redraws_when_the_rank_slider_moves(page, lab):
+    from lessonlib.params import count_parameters
+
+    open_notebook(page, lab, "03_parameter_counts.ipynb")
+    run_all_cells(page)
+    trainable = page.locator(".lora-trainable")
+    # The notebook shows Llama-2-7B at rank 8 on q_proj and v_proj; wait until every cell has run.
+    expected_8 = f"trainable: {count_parameters('llama-2-7b', 8, ('q_proj', 'v_proj')).trainable:,}"
+    trainable.first.wait_for(timeout=300_000)
+    page.wait_for_function("() => !document.body.innerText.includes('[*]:')", timeout=300_000)
+    assert trainable.first.inner_text().strip() == expected_8
+    assert page.get_by_text("Error displaying widget").count() == 0
+
+    # Type a new rank into the slider's readout, as a student would.
+    readout = page.locator(".widget-slider", has_text="rank").locator(".widget-readout").first
+    readout.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("16")
+    page.keyboard.press("Enter")
+    expected_16 = f"trainable: {count_parameters('llama-2-7b', 16, ('q_proj', 'v_proj')).trainable:,}"
+    playwright_api.expect(trainable.first).to_have_text(expected_16, timeout=30_000)
+
+    # And move the slider's handle one step with the keyboard.
+    page.locator(".widget-slider", has_text="rank").locator(".noUi-handle").first.focus()
+    page.keyboard.press("ArrowRight")
+    expected_17 = f"trainable: {count_parameters('llama-2-7b', 17, ('q_proj', 'v_proj')).trainable:,}"
+    playwright_api.expect(trainable.first).to_have_text(expected_17, timeout=30_000)
