@@ -44,12 +44,13 @@ def setup_cell_source() -> str:
     machine, so nbval ignores it; the assert after the report holds everywhere.
 
     Example:
-        >>> setup_cell_source().splitlines()[0]
-        '# NBVAL_IGNORE_OUTPUT  (versions and device differ between machines)'
+        >>> setup_cell_source().splitlines()[:2]
+        ['# NBVAL_IGNORE_OUTPUT', '# (versions and device differ between machines)']
     """
     return "\n".join(
         [
-            f"{IGNORE_OUTPUT}  (versions and device differ between machines)",
+            IGNORE_OUTPUT,  # nbval knows the marker only when the comment is exactly this
+            "# (versions and device differ between machines)",
             "# Set-up. In Colab: fetch the course and install its requirements (Colab's torch is kept).",
             "# Anywhere else there is nothing to install. Then: what is this notebook running on?",
             "import sys",
@@ -104,6 +105,28 @@ def _output_text(output: dict) -> str:
     return "".join("".join(c) if isinstance(c, list) else str(c) for c in chunks)
 
 
+def unrecognised_nbval_markers(source: str) -> list[str]:
+    """Return the comment lines of a cell that mention ``NBVAL_`` but that nbval will not obey.
+
+    nbval acts on a comment only when, without its ``#``, it is exactly a marker name; anything
+    after the name (an explanation, say) silently turns the marker off.
+
+    Example:
+        >>> unrecognised_nbval_markers("# NBVAL_IGNORE_OUTPUT\\nx = 1")
+        []
+        >>> unrecognised_nbval_markers("# NBVAL_IGNORE_OUTPUT (timings)")
+        ['# NBVAL_IGNORE_OUTPUT (timings)']
+    """
+    from nbval.plugin import comment_markers
+
+    bad = []
+    for line in source.splitlines():
+        line = line.strip()
+        if line.startswith("#") and "NBVAL_" in line and line.lstrip("#").strip() not in comment_markers:
+            bad.append(line)
+    return bad
+
+
 def problems(path: str | os.PathLike, *, generated: bool | None = None) -> list[str]:
     """Return what is wrong with a stored notebook (an empty list when it is clean).
 
@@ -136,6 +159,9 @@ def problems(path: str | os.PathLike, *, generated: bool | None = None) -> list[
         source = "".join(cell.get("source", ""))
         if not source.strip():
             continue
+        for marker in unrecognised_nbval_markers(source):
+            found.append(f"{path.name}: cell {i} has {marker!r}, which nbval ignores: "
+                         "a marker must be a comment line of its own, e.g. '# NBVAL_IGNORE_OUTPUT'")
         if not generated and cell.get("execution_count") is None:
             found.append(f"{path.name}: cell {i} was never executed")
         for output in cell.get("outputs", []):

@@ -90,6 +90,20 @@ def test_missing_setup_cell_is_a_problem(tmp_path):
     assert any("set-up cell" in p for p in notebooks.problems(path))
 
 
+def test_nbval_really_ignores_the_setup_cell_output():
+    from nbval.plugin import find_comment_markers
+
+    assert ("check", False) in list(find_comment_markers(notebooks.setup_cell_source()))
+
+
+def test_a_marker_that_nbval_would_not_obey_is_a_problem(tmp_path):
+    cell = new_code_cell("# NBVAL_IGNORE_OUTPUT  (timings)\nprint(1)", execution_count=2)
+    path = _write(tmp_path, [_setup_cell(), cell])
+    assert any("which nbval ignores" in p for p in notebooks.problems(path))
+    cell.source = "# NBVAL_IGNORE_OUTPUT\n# (timings)\nprint(1)"
+    assert notebooks.problems(_write(tmp_path, [_setup_cell(), cell], "ok.ipynb")) == []
+
+
 def test_unreadable_notebook_is_a_problem(tmp_path):
     path = tmp_path / "broken.ipynb"
     path.write_text("{not json")
