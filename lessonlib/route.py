@@ -1,8 +1,9 @@
 """Choosing a fine-tuning route (full, LoRA, QLoRA) from the memory each would need on a GPU.
 
-:func:`classic_route` is the usual rule of thumb (three yes/no questions, no numbers);
-:func:`choose_route` answers the same question with :func:`lessonlib.memory.estimate_training_memory`:
-the totals of every method against the GPU's memory, the decision and the reasons for it.
+:func:`choose_route` answers the question that the usual rule of thumb ("12 GB or less and a larger
+model: QLoRA; otherwise LoRA") answers without numbers, with
+:func:`lessonlib.memory.estimate_training_memory`: the totals of every method against the GPU's
+memory, the decision and the reasons for it.
 
 Example:
     >>> from lessonlib.route import choose_route
@@ -59,20 +60,6 @@ class RouteDecision:
 
     def __str__(self) -> str:
         return "\n".join([self.decision, *(f"- {r}" for r in self.reasons)])
-
-
-def classic_route(constraints: Mapping[str, Any]) -> str:
-    """The rule of thumb that :func:`choose_route` replaces: three yes/no questions, no numbers.
-
-    Example:
-        >>> classic_route({"gpu_memory_gb": 12, "want_larger_model": True, "task_boundary_clear": True})
-        'Prioritize QLoRA.'
-    """
-    if not constraints["task_boundary_clear"]:
-        return "Clarify the task boundary before fine-tuning."
-    if constraints["gpu_memory_gb"] <= 12 and constraints["want_larger_model"]:
-        return "Prioritize QLoRA."
-    return "You can start with LoRA."
 
 
 def choose_route(

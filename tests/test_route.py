@@ -1,4 +1,4 @@
-"""Tests of lessonlib.route: the classic rule of thumb, and the route chosen from memory estimates."""
+"""Tests of lessonlib.route: the route chosen from memory estimates, its reasons and its command."""
 
 from __future__ import annotations
 
@@ -6,13 +6,6 @@ import pytest
 
 from lessonlib import route
 from lessonlib.memory import estimate_training_memory
-
-
-def test_classic_route_answers_the_three_cases():
-    c = {"gpu_memory_gb": 12, "want_larger_model": True, "task_boundary_clear": True}
-    assert route.classic_route(c) == "Prioritize QLoRA."
-    assert route.classic_route({**c, "task_boundary_clear": False}).startswith("Clarify")
-    assert route.classic_route({**c, "want_larger_model": False}) == "You can start with LoRA."
 
 
 def test_choose_route_follows_the_estimates():
