@@ -1,0 +1,299 @@
+"""A small training loop, greedy generation and held-out evaluation for the course's task.
+
+The loop is plain PyTorch (AdamW over the parameters that require gradients), so the same function
+trains a full model, a LoRA model or a QLoRA model, and runs unchanged inside
+``torch.nn.parallel.DistributedDataParallel`` (pass ``shard=(rank, world_size)``: every process
+then takes its own slice of each global batch).
+
+Example:
+    >>> r = TrainResult(loss_history=[2.0, 1.0], seconds=3.0, steps=2, batch_size=4, examples_seen=8)
+    >>> r.seconds_per_step
+    1.5
+    >>> exact_match_and_valid_json(['{"a":1}', '{"a":2}', 'no'], ['{"a":1}', '{"a":1}', '{"a":1}'])
+    (0.3333333333333333, 0.6666666666666666)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from lessonlib.data import Example, chat_prompt, collate, encode
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` measured."""
+
+    loss_history: list[float]
+    """Training loss of every step (mean over the answer tokens of this process's batch)."""
+    seconds: float
+    """Wall time of the training steps (not of loading or evaluation)."""
+    steps: int
+    batch_size: int
+    examples_seen: int
+    """Examples used by this process (a process sees ``steps * batch_size``)."""
+    peak_memory_mb: float = float("nan")
+    """See :func:`peak_memory_mb`, read at the end of training."""
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Mean wall time of one step."""
+        return self.seconds / max(self.steps, 1)
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` measured on held-out examples."""
+
+    exact_match: float
+    """Share of generations equal to the expected JSON (after stripping white space)."""
+    valid_json: float
+    """Share of generations that parse as a JSON object."""
+    generations: list[str] = field(repr=False)
+    """The generated answers, in the order of the examples."""
+
+
+def _check_positive(**values: Any) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def peak_memory_mb(device: str | None = None) -> float:
+    """Return the peak memory of this process in MB: CUDA's peak allocation on a GPU, else peak RSS.
+
+    On a CPU the peak resident set size covers everything the process ever held (libraries,
+    the model, activations), so it is an upper bound for what training needed.
+
+    Example:
+        >>> peak_memory_mb("cpu") > 0
+        True
+    """
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 1e6
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    return peak * (1 if sys.platform == "darwin" else 1024) / 1e6
+
+
+def batch_indices(n_examples: int, steps: int, batch_size: int, seed: int, shard: tuple[int, int] = (0, 1)) -> list[list[int]]:
+    """Return the example indices of every step for one process: shuffled epochs, seeded.
+
+    All processes draw the same global order; process ``rank`` of ``world`` takes the ``rank``-th
+    slice of ``batch_size`` from each global batch of ``batch_size * world``.
+
+    Example:
+        >>> batch_indices(4, steps=3, batch_size=2, seed=0)
+        [[2, 0], [1, 3], [0, 1]]
+        >>> a = batch_indices(8, 2, 2, 0, shard=(0, 2)); b = batch_indices(8, 2, 2, 0, shard=(1, 2))
+        >>> sorted(a[0] + b[0]) == sorted(set(a[0] + b[0]))   # the two ranks take different examples
+        True
+    """
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
+    _check_positive(n_examples=n_examples, steps=steps, batch_size=batch_size)
+    rng = random.Random(seed)
+    needed = steps * batch_size * world
+    order: list[int] = []
+    while len(order) < needed:
+        epoch = list(range(n_examples))
+        rng.shuffle(epoch)
+        order += epoch
+    size = batch_size * world
+    return [order[s * size + rank * batch_size: s * size + (rank + 1) * batch_size] for s in range(steps)]
+
+
+def _device_of(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
+def train(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    steps: int,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
+    weight_decay: float = 0.0,
+) -> TrainResult:
+    """Train ``model`` on ``examples`` for ``steps`` AdamW steps; return the loss history and timing.
+
+    Only parameters with ``requires_grad`` are optimized (all of them for full fine-tuning, the
+    adapters for LoRA / QLoRA). The loss is the model's own causal-LM loss on the answer tokens
+    (:func:`lessonlib.data.encode` masks the prompt). The learning rate warms up linearly over the
+    first 10% of the steps, then stays constant. The model is left in eval mode.
+
+    Args:
+        model: a causal LM (plain, peft, or wrapped in DistributedDataParallel).
+        tokenizer: its tokenizer (for the chat template and the pad token).
+        examples: training examples.
+        steps, batch_size, lr: the optimization budget (``batch_size`` per process).
+        seed: seeds the batch order and torch (dropout, if any).
+        progress: show a tqdm progress bar with the running loss.
+        shard: ``(rank, world_size)`` under data parallelism; ``(0, 1)`` otherwise.
+        weight_decay: AdamW weight decay.
+
+    Raises:
+        ValueError: no trainable parameter, no examples, or a non-positive budget.
+
+    Example:
+        >>> train(object(), None, [], steps=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: steps must be a positive number, got 0
+    """
+    _check_positive(steps=steps, batch_size=batch_size, lr=lr)
+    if not examples:
+        raise ValueError("train needs at least one example, got none")
+    import torch
+    from tqdm.auto import tqdm
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
+    torch.manual_seed(seed)
+    device = _device_of(model)
+    encoded = [encode(tokenizer, e) for e in examples]
+    plan = batch_indices(len(encoded), steps, batch_size, seed, shard)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warmup = max(1, math.ceil(0.1 * steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(total=steps, desc="training", disable=not progress, file=sys.stderr)
+    start = time.perf_counter()
+    for indices in plan:
+        batch = collate([encoded[i] for i in indices], tokenizer.pad_token_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        bar.update()
+    seconds = time.perf_counter() - start
+    bar.close()
+    model.eval()
+    return TrainResult(
+        loss_history=losses,
+        seconds=seconds,
+        steps=steps,
+        batch_size=batch_size,
+        examples_seen=steps * batch_size,
+        peak_memory_mb=peak_memory_mb(str(device)),
+    )
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example | str],
+    max_new_tokens: int = 32,
+    batch_size: int = 20,
+) -> list[str]:
+    """Greedy answers to ``examples`` (batched, left-padded), decoded without special tokens.
+
+    Example:
+        >>> generate(None, None, [], max_new_tokens=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: max_new_tokens must be a positive number, got 0
+    """
+    _check_positive(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    import torch
+
+    if not examples:
+        return []
+    device = _device_of(model)
+    prompts = [chat_prompt(tokenizer, e) for e in examples]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    answers: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(prompts), batch_size):
+            inputs = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True,
+                               add_special_tokens=False).to(device)
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            new = out[:, inputs["input_ids"].shape[1]:]
+            answers += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return answers
+
+
+def exact_match_and_valid_json(generations: Sequence[str], answers: Sequence[str]) -> tuple[float, float]:
+    """Return (share equal to the answer, share that parses as a JSON object).
+
+    Example:
+        >>> exact_match_and_valid_json(['{"a": 1}'], ['{"a":1}'])   # same JSON, other spacing: no match
+        (0.0, 1.0)
+    """
+    if len(generations) != len(answers) or not answers:
+        raise ValueError(f"need as many generations as answers (at least one), got {len(generations)} and {len(answers)}")
+    exact = sum(g.strip() == a.strip() for g, a in zip(generations, answers))
+    valid = 0
+    for g in generations:
+        try:
+            valid += isinstance(json.loads(g), dict)
+        except ValueError:
+            pass
+    return exact / len(answers), valid / len(answers)
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    max_new_tokens: int = 32,
+    batch_size: int = 20,
+) -> EvalResult:
+    """Generate greedily for held-out ``examples``; return exact match, valid-JSON rate, generations.
+
+    Example:
+        >>> evaluate(None, None, [])
+        Traceback (most recent call last):
+        ...
+        ValueError: evaluate needs at least one example, got none
+    """
+    if not examples:
+        raise ValueError("evaluate needs at least one example, got none")
+    generations = generate(model, tokenizer, examples, max_new_tokens, batch_size)
+    exact, valid = exact_match_and_valid_json(generations, [e.answer for e in examples])
+    return EvalResult(exact_match=exact, valid_json=valid, generations=generations)
+
+
+def directory_size_mb(path: str | os.PathLike) -> float:
+    """Return the total size of the files under ``path`` in MB (e.g. a saved adapter).
+
+    Example:
+        >>> directory_size_mb(".") > 0
+        True
+    """
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total / 1e6

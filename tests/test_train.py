@@ -1,0 +1,100 @@
+"""Tests of lessonlib.train: batch plans, the training loop (full and LoRA), generation, evaluation.
+
+A tiny randomly initialised Llama with the course tokenizer keeps these tests fast; the real
+model's fine-tune is exercised by the lesson-06 notebook and tests/test_finetune.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lessonlib import data, train
+from lessonlib.models import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+def tiny_model(tokenizer, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      initializer_range=0.5)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_batch_plan_covers_each_epoch_once_and_shards_split_the_global_batch():
+    plan = train.batch_indices(10, steps=5, batch_size=2, seed=1)
+    assert sorted(i for b in plan for i in b) == list(range(10))  # one epoch, each example once
+    ranks = [train.batch_indices(10, 5, 2, 1, shard=(r, 2)) for r in range(2)]
+    whole = train.batch_indices(10, 5, 4, 1)
+    for step in range(5):
+        assert ranks[0][step] + ranks[1][step] == whole[step]
+    with pytest.raises(ValueError, match="rank"):
+        train.batch_indices(10, 1, 1, 0, shard=(2, 2))
+
+
+def test_lora_training_lowers_the_loss_and_changes_only_the_adapter(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_model(tokenizer), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    examples = data.booking_splits(4, 0, 0, seed=0).train
+    result = train.train(model, tokenizer, examples, steps=30, batch_size=4, lr=5e-2, seed=0, progress=False)
+    assert len(result.loss_history) == 30 and result.steps == 30 and result.examples_seen == 120
+    assert result.loss_history[-1] < result.loss_history[0] - 1.0
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
+    assert result.seconds > 0 and result.peak_memory_mb > 0 and not model.training
+
+
+def test_training_is_reproducible_from_the_seed(tokenizer):
+    examples = data.booking_splits(6, 0, 0, seed=0).train
+    runs = [train.train(tiny_model(tokenizer), tokenizer, examples, steps=3, batch_size=2, seed=5, progress=False)
+            for _ in range(2)]
+    assert runs[0].loss_history == runs[1].loss_history
+
+
+def test_training_refuses_a_model_without_trainable_parameters(tokenizer):
+    model = tiny_model(tokenizer).requires_grad_(False)
+    with pytest.raises(ValueError, match="requires_grad"):
+        train.train(model, tokenizer, data.booking_splits(2, 0, 0).train, steps=1, progress=False)
+
+
+def test_batched_generation_equals_one_at_a_time(tokenizer):
+    model = tiny_model(tokenizer, seed=3)
+    examples = data.booking_splits(0, 0, 5, seed=2).test
+    batched = train.generate(model, tokenizer, examples, max_new_tokens=6, batch_size=5)
+    single = [train.generate(model, tokenizer, [e], max_new_tokens=6)[0] for e in examples]
+    assert batched == single and len(batched) == 5
+    assert tokenizer.padding_side == "right"  # restored
+
+
+def test_scores_follow_the_json_module():
+    gens = ['{"name":"Jo","n":2,"day":"mon","time":"12:00"}', '{"name": "Jo"}', '[1]', "Sure! {", ""]
+    answers = ['{"name":"Jo","n":2,"day":"mon","time":"12:00"}'] * 5
+    exact, valid = train.exact_match_and_valid_json(gens, answers)
+    expected_valid = 0
+    for g in gens:
+        try:
+            expected_valid += isinstance(json.loads(g), dict)
+        except json.JSONDecodeError:
+            pass
+    assert exact == 1 / 5 and valid == expected_valid / 5
+    with pytest.raises(ValueError, match="as many"):
+        train.exact_match_and_valid_json(gens, answers[:2])
+
+
+def test_evaluate_scores_its_own_generations(tokenizer):
+    model = tiny_model(tokenizer)
+    examples = data.booking_splits(0, 0, 3, seed=0).test
+    ev = train.evaluate(model, tokenizer, examples, max_new_tokens=4)
+    assert len(ev.generations) == 3
+    assert (ev.exact_match, ev.valid_json) == train.exact_match_and_valid_json(ev.generations, [e.answer for e in examples])
