@@ -20,6 +20,7 @@ import platform
 import random
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 
 REPORTED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes")
@@ -81,8 +82,9 @@ def quiet_library_logs() -> None:
 
     bitsandbytes, on CPUs with AVX-512 BF16, warns at import that an optional hub kernel
     (``kernels-community``) is missing; the course never downloads kernels, and the built-in
-    CPU path is used instead. Only that message is dropped; every other warning still shows.
-    Calling this twice is harmless.
+    CPU path is used instead. peft 0.21 with transformers 5 warns that ``is_gradient_checkpointing``
+    is deprecated (a notice for library authors, and it names a file path of the machine). Only
+    those two messages are dropped; every other warning still shows. Calling this twice is harmless.
 
     Example:
         >>> quiet_library_logs()
@@ -91,6 +93,7 @@ def quiet_library_logs() -> None:
     if _QUIET_DONE:
         return
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropMessage("kernels-community"))
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     _QUIET_DONE = True
 
 

@@ -31,6 +31,8 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,19 @@ def _is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Turn transformers' progress bars on or off for a block, then restore the previous setting."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
+
+
 def converted_model_dir(progress: bool = True) -> Path:
     """Return the safetensors copy of the packaged model, converting the GGUF file the first time.
 
@@ -116,16 +131,14 @@ def converted_model_dir(progress: bool = True) -> Path:
         return target
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}-", dir=target.parent))
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()
     try:
         print(f"Converting the offline {MODEL_NAME} (GGUF) into {target.name} in the cache; once only.")
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+        with _progress_bars(progress):
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
         # The GGUF quantizer stays attached after loading; the weights are plain fp32 by now.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
@@ -139,7 +152,6 @@ def converted_model_dir(progress: bool = True) -> Path:
             if not _is_model_dir(target):
                 raise
     finally:
-        (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
         shutil.rmtree(work, ignore_errors=True)
     return target
 
@@ -285,6 +297,7 @@ def load_model(
     compute_dtype: str | None = None,
     device: str = "auto",
     dtype: str | None = None,
+    progress: bool = False,
 ) -> Any:
     """Load the base model (or ``source``) for causal language modelling, in eval mode.
 
@@ -294,6 +307,8 @@ def load_model(
         compute_dtype: dtype of 4-bit matrix products (default bf16 on CUDA, fp32 on CPU).
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
         dtype: dtype of the weights that are not quantized (default bf16 on CUDA, fp32 on CPU).
+        progress: show transformers' "Loading weights" bar (off by default: the load takes
+            seconds, and a bar in a stored notebook output would differ on every run).
 
     Example:
         >>> model = load_model(quantization="nf4-dq")  # doctest: +SKIP
@@ -315,7 +330,8 @@ def load_model(
     if bnb_config is not None:
         kwargs["quantization_config"] = bnb_config
         kwargs["device_map"] = {"": device}
-    model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    with _progress_bars(progress):
+        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     if bnb_config is None:
         model.to(device)
     return model.eval()

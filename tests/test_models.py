@@ -77,3 +77,10 @@ def test_four_bit_load_replaces_the_linear_layers():
     assert model.lm_head.weight.dtype == torch.float32  # not quantized (tied to the embeddings)
     full = models.load_model()
     assert model.get_memory_footprint() < full.get_memory_footprint() / 3
+
+
+def test_loading_prints_no_progress_bar_by_default(capfd):
+    models.load_model()
+    assert "Loading weights" not in capfd.readouterr().err
+    models.load_model(progress=True)
+    assert "Loading weights" in capfd.readouterr().err
