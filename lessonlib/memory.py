@@ -380,7 +380,8 @@ def _optimizer_bytes(optimizer: str, tensor_sizes: list[int], dtype_bytes: int) 
         return sum(tensor_sizes) * dtype_bytes
     if optimizer == "adamw":
         return sum(tensor_sizes) * 2 * dtype_bytes + 4 * len(tensor_sizes)  # moments + fp32 step per tensor
-    total = 2 * 256 * 4  # the two shared quantization maps
+    # the two quantization maps, shared by all 8-bit tensors (none when every tensor is small)
+    total = 2 * 256 * 4 if any(n >= _BNB_8BIT_MIN_SIZE for n in tensor_sizes) else 0
     for n in tensor_sizes:
         if n >= _BNB_8BIT_MIN_SIZE:
             total += 2 * n + 2 * 4 * math.ceil(n / _BNB_8BIT_BLOCK)
@@ -512,9 +513,9 @@ def estimate_training_memory(
       up-cast embeddings produce fp32 hidden states.
 
     Checked against :func:`measure_training_step` on CPU (fp32) for full fine-tuning, LoRA and
-    QLoRA, AdamW and SGD, with and without LoRA dropout. Not yet checked against a measurement:
-    bf16/fp16 runs on CUDA, gradient checkpointing and 8-bit AdamW (computed from the libraries'
-    rules: which tensors are cast, recomputed or quantized).
+    QLoRA, AdamW, SGD and 8-bit AdamW, with and without LoRA dropout. Not yet checked against a
+    measurement: bf16/fp16 runs on CUDA and gradient checkpointing (computed from the libraries'
+    rules: which tensors are cast or recomputed).
 
     Args:
         model: a registry name of :mod:`lessonlib.params`, a config dict or a transformers config.

@@ -42,7 +42,14 @@ def _lora(model, dropout: float = 0.0):
 def _measure(model, batch, seq, optimizer="adamw"):
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params) if optimizer == "adamw" else torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    if optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        opt = bnb.optim.AdamW8bit(params)
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(params)
+    else:
+        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
     return memory.measure_training_step(model, _batch(batch, seq), opt)
 
 
@@ -78,7 +85,7 @@ def test_measurement_is_exact_on_a_hand_countable_step():
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd", "adamw8bit"])
 def test_estimate_matches_measurement(method, optimizer):
     model = _tiny_model()
     if method == "lora":
