@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,11 +42,37 @@ class TrainResult:
     """Examples used by this process (a process sees ``steps * batch_size``)."""
     peak_memory_mb: float = float("nan")
     """See :func:`peak_memory_mb`, read at the end of training."""
+    step_seconds: list[float] = field(default_factory=list)
+    """Wall time of each step (forward, backward, optimizer step)."""
+    step_tokens: list[int] = field(default_factory=list)
+    """Tokens of each step's batch on this process, padding excluded."""
 
     @property
     def seconds_per_step(self) -> float:
         """Mean wall time of one step."""
         return self.seconds / max(self.steps, 1)
+
+    @property
+    def median_step_seconds(self) -> float:
+        """Median wall time of one step (robust to a slow first step); NaN when steps were not timed.
+
+        Example:
+            >>> TrainResult([1.0] * 3, 9.0, 3, 2, 6, step_seconds=[5.0, 2.0, 2.5]).median_step_seconds
+            2.5
+        """
+        return statistics.median(self.step_seconds) if self.step_seconds else float("nan")
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Median over steps of (tokens in the step's batch / the step's wall time); NaN when not timed.
+
+        Example:
+            >>> r = TrainResult([1.0] * 3, 9.0, 3, 2, 6, step_seconds=[5.0, 2.0, 2.5], step_tokens=[100, 100, 90])
+            >>> r.tokens_per_second
+            36.0
+        """
+        rates = [n / s for n, s in zip(self.step_tokens, self.step_seconds) if s > 0]
+        return statistics.median(rates) if rates else float("nan")
 
 
 @dataclass
@@ -177,9 +204,12 @@ def train(
 
     model.train()
     losses: list[float] = []
+    step_seconds: list[float] = []
+    step_tokens: list[int] = []
     bar = tqdm(total=steps, desc="training", disable=not progress, file=sys.stderr)
     start = time.perf_counter()
     for indices in plan:
+        step_start = time.perf_counter()
         batch = collate([encoded[i] for i in indices], tokenizer.pad_token_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         loss = model(**batch).loss
@@ -187,7 +217,9 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(loss.item())  # .item() waits for the device, so the step time below is complete
+        step_seconds.append(time.perf_counter() - step_start)
+        step_tokens.append(int(batch["attention_mask"].sum()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         bar.update()
     seconds = time.perf_counter() - start
@@ -200,6 +232,8 @@ def train(
         batch_size=batch_size,
         examples_seen=steps * batch_size,
         peak_memory_mb=peak_memory_mb(str(device)),
+        step_seconds=step_seconds,
+        step_tokens=step_tokens,
     )
 
 

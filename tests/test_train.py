@@ -98,3 +98,17 @@ def test_evaluate_scores_its_own_generations(tokenizer):
     ev = train.evaluate(model, tokenizer, examples, max_new_tokens=4)
     assert len(ev.generations) == 3
     assert (ev.exact_match, ev.valid_json) == train.exact_match_and_valid_json(ev.generations, [e.answer for e in examples])
+
+
+def test_every_step_is_timed_and_its_tokens_counted(tokenizer):
+    examples = data.booking_splits(6, 0, 0, seed=0).train
+    result = train.train(tiny_model(tokenizer), tokenizer, examples, steps=3, batch_size=2, seed=1, progress=False)
+    assert len(result.step_seconds) == len(result.step_tokens) == 3
+    assert all(s > 0 for s in result.step_seconds) and sum(result.step_seconds) <= result.seconds
+    # an independent count: the non-padding tokens of the same batches, re-encoded
+    plan = train.batch_indices(len(examples), steps=3, batch_size=2, seed=1)
+    expected = [sum(len(data.encode(tokenizer, examples[i])["input_ids"]) for i in batch) for batch in plan]
+    assert result.step_tokens == expected
+    rates = sorted(n / s for n, s in zip(result.step_tokens, result.step_seconds))
+    assert result.tokens_per_second == rates[1]
+    assert result.median_step_seconds == sorted(result.step_seconds)[1]
