@@ -22,6 +22,7 @@ import sys
 # The module is imported only when its command runs, so ``python -m lessonlib env`` stays fast.
 MODULE_COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("lessonlib.params", "parameter counts for LoRA on a model"),
+    "finetune": ("lessonlib.finetune", "QLoRA / LoRA fine-tune on the booking task (also under torchrun)"),
     "memory": ("lessonlib.memory", "training memory of full fine-tuning, LoRA or QLoRA, estimated"),
     "route": ("lessonlib.route", "choose full fine-tuning, LoRA or QLoRA for a GPU, with numbers"),
     "exercises": ("lessonlib.exercises", "generate exercises/ from solutions/, or check that it is up to date"),

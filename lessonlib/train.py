@@ -143,6 +143,37 @@ def batch_indices(n_examples: int, steps: int, batch_size: int, seed: int, shard
     return [order[s * size + rank * batch_size: s * size + (rank + 1) * batch_size] for s in range(steps)]
 
 
+def keep_4bit_weights_unpacked(model: Any) -> int:
+    """Switch off bitsandbytes' CPU inference repacking of 4-bit weights; return how many layers.
+
+    On CPUs with AVX-512 BF16, bitsandbytes (0.50) repacks a ``Linear4bit`` weight into another
+    layout the first time the layer runs in eval mode without gradients, and keeps it so. Measured
+    on this course's model: the packed path computes differently (so outputs would depend on the
+    CPU), training on a packed model makes the loss climb, and unpacking does not restore the
+    weights. :func:`train` and :func:`generate` therefore call this first. Elsewhere it does nothing.
+
+    Raises:
+        ValueError: a weight is already packed (the model ran inference outside these functions);
+            reload the model.
+
+    Example:
+        >>> import torch
+        >>> keep_4bit_weights_unpacked(torch.nn.Linear(2, 2))
+        0
+    """
+    count = 0
+    for name, module in model.named_modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if getattr(state, "packing_format_for_cpu", False):
+            raise ValueError(f"{name}: its 4-bit weight was repacked by bitsandbytes' CPU inference path, "
+                             "which this model cannot be trained or compared on; reload the model and "
+                             "generate with lessonlib.train.generate")
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
+
+
 def _device_of(model: Any) -> Any:
     return next(model.parameters()).device
 
@@ -195,6 +226,7 @@ def train(
     if not params:
         raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
     torch.manual_seed(seed)
+    keep_4bit_weights_unpacked(model)
     device = _device_of(model)
     encoded = [encode(tokenizer, e) for e in examples]
     plan = batch_indices(len(encoded), steps, batch_size, seed, shard)
@@ -257,6 +289,7 @@ def generate(
 
     if not examples:
         return []
+    keep_4bit_weights_unpacked(model)
     device = _device_of(model)
     prompts = [chat_prompt(tokenizer, e) for e in examples]
     side = tokenizer.padding_side

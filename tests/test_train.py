@@ -20,11 +20,11 @@ def tokenizer():
     return load_tokenizer()
 
 
-def tiny_model(tokenizer, seed=0):
+def tiny_model(tokenizer, seed=0, hidden=32):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                       initializer_range=0.5)
@@ -112,3 +112,27 @@ def test_every_step_is_timed_and_its_tokens_counted(tokenizer):
     rates = sorted(n / s for n, s in zip(result.step_tokens, result.step_seconds))
     assert result.tokens_per_second == rates[1]
     assert result.median_step_seconds == sorted(result.step_seconds)[1]
+
+
+def test_generation_leaves_4bit_weights_as_training_sees_them(tokenizer, tmp_path):
+    """bitsandbytes repacks 4-bit weights for CPU inference on some CPUs; generate must not."""
+    from lessonlib.models import load_model
+
+    tiny_model(tokenizer, hidden=128).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    examples = data.booking_splits(2, 0, 2, seed=0)
+    batch = data.collate([data.encode(tokenizer, e) for e in examples.train], tokenizer.pad_token_id)
+    fresh, used = (load_model(tmp_path, quantization="nf4", device="cpu").train() for _ in range(2))
+    train.generate(used, tokenizer, examples.test, max_new_tokens=2)
+    used.train()
+    with torch.no_grad():
+        assert torch.equal(fresh(**batch).logits, used(**batch).logits)
+    # A model that did run the packing path (where the CPU has it) is refused, not trained wrongly.
+    raw = load_model(tmp_path, quantization="nf4", device="cpu")
+    with torch.no_grad():
+        raw(**batch)
+    packed = any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+                 for m in raw.modules() if hasattr(m, "support_avx512bf16_for_cpu"))
+    if packed:
+        with pytest.raises(ValueError, match="repacked"):
+            train.keep_4bit_weights_unpacked(raw)
