@@ -13,12 +13,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from lessonlib.memory import (ACTIVATION_MODEL_TYPES, GB, METHODS, MemoryBreakdown, _shape,
-                              add_model_arguments, estimate_training_memory)
+from lessonlib.memory import (ACTIVATION_MODEL_TYPES, GB, METHODS, MemoryBreakdown, add_model_arguments,
+                              estimate_training_memory)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ def largest_model_that_fits(gpu_memory_gb: float, method: str = "qlora", **kwarg
         >>> largest_model_that_fits(12, "qlora", batch=1, seq=512)
         'mistral-7b'
     """
-    from lessonlib.params import REGISTRY, registry_names
+    from lessonlib.params import REGISTRY, parameter_groups, registry_names
 
     best: tuple[int, str] | None = None
     for name in registry_names():
@@ -166,7 +166,7 @@ def largest_model_that_fits(gpu_memory_gb: float, method: str = "qlora", **kwarg
         except ValueError:
             continue
         if est.total <= gpu_memory_gb * GB:
-            size = _shape(name).base_params
+            size = sum(parameter_groups(name).values())
             if best is None or size > best[0]:
                 best = (size, name)
     return None if best is None else best[1]
