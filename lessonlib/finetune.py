@@ -45,6 +45,8 @@ class FinetuneConfig:
     model: str | None = None
     """Model folder or hub id; None: the course's SmolLM2-135M-Instruct (offline copy first)."""
     quantization: str = "nf4-dq"
+    compute_dtype: str | None = None
+    """dtype of the 4-bit matrix products: None (bf16 on a GPU, fp32 on a CPU), or float16 / bfloat16 / float32."""
     r: int = 8
     alpha: int = 16
     targets: str | list[str] = "all-linear"
@@ -63,6 +65,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.compute_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(f"compute_dtype must be float32, bfloat16, float16 or None, got {self.compute_dtype!r}")
         for name in ("r", "alpha", "steps", "batch_size", "n_train"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -141,11 +145,12 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
 
     rank, world, local_rank = _distributed()
     cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank)
     if world > 1:
-        if cuda:
-            torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-    device = f"cuda:{local_rank}" if cuda else "cpu"
+    # With CUDA, torch.cuda.set_device above makes "cuda" mean this process's GPU.
+    device = "cuda" if cuda else "cpu"
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -153,7 +158,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
             # Two processes on a small CPU: one thread each avoids oversubscribing the cores.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         tokenizer = load_tokenizer(cfg.model)
-        model = load_model(cfg.model, quantization=cfg.quantization, device=device)
+        model = load_model(cfg.model, quantization=cfg.quantization, compute_dtype=cfg.compute_dtype, device=device)
         if cfg.quantization != "none":
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
         elif cfg.gradient_checkpointing:
@@ -214,6 +219,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file with any of the keys below; flags given win")
     p.add_argument("--model", help="model folder or hub id (default: the course's SmolLM2-135M-Instruct)")
     p.add_argument("--quantization", choices=QUANTIZATIONS, help="default nf4-dq (QLoRA); none = plain LoRA")
+    p.add_argument("--compute-dtype", dest="compute_dtype", choices=("float32", "bfloat16", "float16"),
+                   help="dtype of the 4-bit matrix products (default bf16 on a GPU, fp32 on a CPU)")
     p.add_argument("--r", type=int, help="LoRA rank (default 8)")
     p.add_argument("--alpha", type=int, help="LoRA alpha (default 16)")
     p.add_argument("--targets", help="'all-linear' (default) or comma-separated module names, e.g. q_proj,v_proj")
