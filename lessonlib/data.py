@@ -7,7 +7,7 @@ several ways) and its answer, a compact JSON object with four fixed keys::
 
 The base instruction model cannot produce this exact format unprompted (it does not know the
 keys), so exact match measures what fine-tuning taught. Everything is deterministic in the seed.
-Sequences are kept short (about 50 tokens with the chat template) so a training step is cheap
+Sequences are kept short (about 60 tokens with the chat template) so a training step is cheap
 on a CPU.
 
 Pieces:
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
 SYSTEM_PROMPT = "Convert the booking to JSON."
-"""The system message of every prompt (short: the template's default one is about 30 tokens)."""
+"""The system message of every prompt (shorter than the chat template's default one)."""
 
 KEYS = ("name", "n", "day", "time")
 """The keys of every answer, in this order."""
