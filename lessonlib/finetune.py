@@ -160,9 +160,11 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         tokenizer = load_tokenizer(cfg.model)
         model = load_model(cfg.model, quantization=cfg.quantization, compute_dtype=cfg.compute_dtype, device=device)
         if cfg.quantization != "none":
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+            # Non-reentrant checkpointing works under DistributedDataParallel (the reentrant kind does not).
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
         elif cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         seed_everything(cfg.seed)  # the same adapter initialization on every process
         lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, target_modules=cfg.targets,
                           lora_dropout=cfg.dropout, task_type="CAUSAL_LM")
