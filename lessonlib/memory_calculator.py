@@ -25,6 +25,7 @@ from typing import Any
 
 from lessonlib.memory import (ACTIVATION_MODEL_TYPES, COMPONENT_LABELS, COMPONENTS, GB, METHODS, MemoryBreakdown,
                               estimate_training_memory)
+from lessonlib.widgets import figure_png
 
 RESULT_CLASS = "memory-result"
 """CSS class of the HTML widget that shows ``METHOD: X GB of Y GB: fits`` (for browser tests)."""
@@ -119,20 +120,10 @@ class MemoryCalculator:
         self._draw_chart()
 
     def _draw_chart(self) -> None:
-        # PNG bytes in an Image widget: no output messages, the same in JupyterLab, nbval and a script
-        from io import BytesIO
-
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(6, 3.2))
-        ax = fig.subplots()
         ckpt = ", checkpointing" if self.checkpointing.value else ""
-        draw_breakdowns(ax, self.estimates, self.gpu_gb.value,
-                        f"{self.model.value}, r={self.rank.value}, batch {self.batch.value} x {self.seq.value}{ckpt}")
-        fig.tight_layout()
-        buffer = BytesIO()
-        fig.savefig(buffer, format="png", dpi=80)
-        self.chart.value = buffer.getvalue()
+        title = f"{self.model.value}, r={self.rank.value}, batch {self.batch.value} x {self.seq.value}{ckpt}"
+        self.chart.value = figure_png(lambda ax: draw_breakdowns(ax, self.estimates, self.gpu_gb.value, title),
+                                      figsize=(6, 3.2))
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

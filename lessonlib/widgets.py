@@ -16,12 +16,36 @@ Example:
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from lessonlib.params import ParamCount, count_parameters, default_targets, linear_layers, registry_names
 
 TRAINABLE_CLASS = "lora-trainable"
 """CSS class of the HTML widget that shows ``trainable: N`` (for browser tests)."""
+
+
+def figure_png(draw: Callable[[Any], None], figsize: tuple[float, float] = (5, 2.8), dpi: int = 80) -> bytes:
+    """Return a PNG of one matplotlib Axes that ``draw(ax)`` fills: the picture of a chart widget.
+
+    The calculators show their charts as PNG bytes in an ``Image`` widget rather than in an
+    ``Output`` widget: no output messages, so they behave the same in JupyterLab, under nbval and
+    in a plain script.
+
+    Example:
+        >>> figure_png(lambda ax: ax.plot([0, 1], [1, 0]))[:4]
+        b'\\x89PNG'
+    """
+    from io import BytesIO
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    draw(fig.subplots())
+    fig.tight_layout()
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
 
 
 class LoraCalculator:
@@ -92,20 +116,14 @@ class LoraCalculator:
     def _draw_chart(self) -> None:
         # Drawn to PNG bytes in an Image widget: no output messages, so it behaves the same in
         # JupyterLab, in nbval's kernel and outside Jupyter.
-        from io import BytesIO
-
-        from matplotlib.figure import Figure
-
         count = self.count
-        fig = Figure(figsize=(5, 2.8))
-        ax = fig.subplots()
-        ax.barh(list(count.by_module)[::-1], list(count.by_module.values())[::-1], color="tab:orange")
-        ax.set_xlabel("trainable parameters (all layers)")
-        ax.set_title(f"{count.model}, r = {count.rank}: {count.percent:.3f}% of {count.total:,}", fontsize=9)
-        fig.tight_layout()
-        buffer = BytesIO()
-        fig.savefig(buffer, format="png", dpi=80)
-        self.chart.value = buffer.getvalue()
+
+        def draw(ax) -> None:
+            ax.barh(list(count.by_module)[::-1], list(count.by_module.values())[::-1], color="tab:orange")
+            ax.set_xlabel("trainable parameters (all layers)")
+            ax.set_title(f"{count.model}, r = {count.rank}: {count.percent:.3f}% of {count.total:,}", fontsize=9)
+
+        self.chart.value = figure_png(draw, figsize=(5, 2.8))
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
