@@ -13,6 +13,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
+# Threads per test process or notebook kernel. JOBS processes run at once, so one thread each keeps
+# a 2-core machine from oversubscribing (torch with 2 threads per kernel on 2 shared cores ran lessons
+# several times slower), and the stored outputs are produced the same way they are checked.
+THREADS ?= 1
 # Extra arguments for JupyterLab, e.g. make lab LAB_ARGS="--no-browser --port=8899"
 LAB_ARGS ?=
 # JupyterLab refuses to run as root (containers, CI) unless told that this is intended.
@@ -50,18 +54,19 @@ chromium:
 	      >/dev/null 2>&1 || echo "Could not install Chromium: the browser test will be skipped."; \
 	  else echo "No Chromium and not root: the browser test will be skipped (apt-get install chromium)."; fi; }
 
+# The lessons go first: the longest files start early, and the short ones fill in around them.
 test: $(STAMP) chromium
-	$(PY) -m pytest -n $(JOBS) --dist loadfile --doctest-modules $(NBVAL) \
-	    tests lessonlib notebooks $(wildcard solutions/*.ipynb)
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -n $(JOBS) --dist loadfile --doctest-modules $(NBVAL) \
+	    notebooks $(wildcard solutions/*.ipynb) tests lessonlib
 
 unit: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) --dist loadfile --doctest-modules tests lessonlib
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -n $(JOBS) --dist loadfile --doctest-modules tests lessonlib
 
 nbval: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) --dist loadfile $(NBVAL) notebooks $(wildcard solutions/*.ipynb)
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -n $(JOBS) --dist loadfile $(NBVAL) notebooks $(wildcard solutions/*.ipynb)
 
 notebooks: $(STAMP)
-	$(PY) -m lessonlib notebooks execute --jobs $(JOBS)
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m lessonlib notebooks execute --jobs $(JOBS)
 
 check: $(STAMP)
 	$(PY) -m lessonlib notebooks check
