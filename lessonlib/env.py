@@ -182,7 +182,8 @@ class EnvironmentReport:
         if self.device == "cuda":
             rows.append(("device", f"cuda: {self.gpu_name}, {self.gpu_memory_gb:.1f} GB"))
         else:
-            rows.append(("device", f"cpu only ({self.cpu_threads} threads)"))
+            threads = f"{self.cpu_threads} thread" + ("" if self.cpu_threads == 1 else "s")
+            rows.append(("device", f"cpu only ({threads})"))
         rows.append(("4-bit (bitsandbytes)", ("works" if self.bnb_4bit else "NOT available") + f": {self.bnb_detail}"))
         rows.append(("running in", "Google Colab" if self.colab else "local Jupyter / Python"))
         return rows
