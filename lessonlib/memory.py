@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lessonlib.params import DTYPE_BYTES
+
 GB = 1024**3
 """Bytes in a gigabyte as GPU makers' tools report it (GiB)."""
 
@@ -303,8 +305,8 @@ def measure_training_step(
 METHODS = ("full", "lora", "qlora")
 """Training methods the estimator knows."""
 
-DTYPES = {"fp32": 4, "bf16": 2, "fp16": 2}
-"""Weight / activation dtypes and their bytes per number."""
+DTYPES = DTYPE_BYTES
+"""Weight / activation dtypes and their bytes per number (the same table as lessonlib.params)."""
 
 OPTIMIZERS = ("adamw", "sgd", "adamw8bit")
 """``adamw`` (torch AdamW: two fp moments and a step counter per tensor), ``sgd`` (SGD with

@@ -375,15 +375,11 @@ class ParamCount:
 
         A saved ``adapter_model.safetensors`` is this plus a small header (names and shapes).
         """
-        if dtype not in DTYPE_BYTES:
-            raise ValueError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPE_BYTES)}")
-        return self.trainable * DTYPE_BYTES[dtype]
+        return self.trainable * dtype_bytes(dtype)
 
     def base_bytes(self, dtype: str = "fp32") -> int:
         """Bytes of the full model's weights in ``dtype`` (what a full fine-tune saves)."""
-        if dtype not in DTYPE_BYTES:
-            raise ValueError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPE_BYTES)}")
-        return self.base * DTYPE_BYTES[dtype]
+        return self.base * dtype_bytes(dtype)
 
     def rows(self) -> list[tuple[str, str]]:
         """Return the table as ``(label, value)`` rows, numbers with thousands separators."""
@@ -404,6 +400,17 @@ class ParamCount:
         width = max(len(label) for label, _ in rows)
         return "\n".join(f"{label:<{width}} : {value}" for label, value in rows)
 
+
+def dtype_bytes(dtype: str) -> int:
+    """Return the bytes per number of ``dtype`` (``fp32``, ``bf16`` or ``fp16``).
+
+    Example:
+        >>> dtype_bytes("bf16")
+        2
+    """
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPE_BYTES)}")
+    return DTYPE_BYTES[dtype]
 
 def format_bytes(n: int) -> str:
     """Return a byte count in readable units (powers of 1000, as file sizes are usually shown).
