@@ -18,8 +18,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from lessonlib.exercises import marker, questions
-from lessonlib.grading import grade
+from lessonlib.authoring.exercises import marker, questions
+from lessonlib.authoring.grading import grade
 
 REPO = Path(__file__).resolve().parent.parent
 

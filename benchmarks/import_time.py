@@ -14,7 +14,7 @@ import time
 STATEMENTS = {
     "python (nothing)": "pass",
     "import lessonlib": "import lessonlib",
-    "import lessonlib.env, .notebooks": "import lessonlib.env, lessonlib.notebooks",
+    "import lessonlib.env, .authoring.notebooks": "import lessonlib.env, lessonlib.authoring.notebooks",
     "import torch": "import torch",
     "import peft": "import peft",
 }

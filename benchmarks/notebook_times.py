@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lessonlib.notebooks import execute_one, stored_notebooks
+from lessonlib.authoring.notebooks import execute_one, stored_notebooks
 
 
 def main(paths: list[Path]) -> int:

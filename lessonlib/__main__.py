@@ -21,12 +21,13 @@ import sys
 # Commands implemented by a module's own ``main(argv) -> int``: name -> (module, one-line help).
 # The module is imported only when its command runs, so ``python -m lessonlib env`` stays fast.
 MODULE_COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("lessonlib.prepare", "prepare the base model and caches the lessons need (make setup runs it)"),
     "params": ("lessonlib.params", "parameter counts for LoRA on a model"),
     "finetune": ("lessonlib.finetune", "QLoRA / LoRA fine-tune on the booking task (also under torchrun)"),
     "memory": ("lessonlib.memory", "training memory of full fine-tuning, LoRA or QLoRA, estimated"),
     "route": ("lessonlib.route", "choose full fine-tuning, LoRA or QLoRA for a GPU, with numbers"),
-    "exercises": ("lessonlib.exercises", "generate exercises/ from solutions/, or check that it is up to date"),
-    "grade": ("lessonlib.grading", "grade a folder of submitted exercise notebooks into a CSV"),
+    "exercises": ("lessonlib.authoring.exercises", "generate exercises/ from solutions/, or check that it is up to date"),
+    "grade": ("lessonlib.authoring.grading", "grade a folder of submitted exercise notebooks into a CSV"),
 }
 
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         environment_report()
         return 0
 
-    from lessonlib import notebooks
+    from lessonlib.authoring import notebooks
 
     paths = args.paths or notebooks.stored_notebooks()
     if args.action == "execute":

@@ -119,7 +119,7 @@ def test_quiet_logs_drop_only_the_missing_hub_kernel_message(caplog):
 
 
 def test_importing_lessonlib_and_env_loads_no_heavy_library():
-    code = ("import sys, lessonlib, lessonlib.env, lessonlib.requirements, lessonlib.notebooks; "
+    code = ("import sys, lessonlib, lessonlib.env, lessonlib.requirements, lessonlib.authoring.notebooks; "
             "heavy = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'numpy', 'nbclient') "
             "if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

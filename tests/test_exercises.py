@@ -1,4 +1,4 @@
-"""Tests of lessonlib.exercises: markers, the generator, the self-check, and exercises/ being up to date."""
+"""Tests of lessonlib.authoring.exercises: markers, the generator, the self-check, and exercises/ being up to date."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from lessonlib import exercises, notebooks
-from lessonlib.exercises import BEGIN, END, check, questions, strip_solution, unwrap_checks
+from lessonlib.authoring import exercises, notebooks
+from lessonlib.authoring.exercises import BEGIN, END, check, questions, strip_solution, unwrap_checks
 
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((REPO / "solutions").glob("*.ipynb"))

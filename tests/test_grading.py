@@ -1,4 +1,4 @@
-"""Tests of lessonlib.grading: a corpus of bad submissions graded in one batch next to good ones.
+"""Tests of lessonlib.authoring.grading: a corpus of bad submissions graded in one batch next to good ones.
 
 The corpus is built here, in a temporary folder, from the real generated exercise and its solution,
 so it follows the notebooks when they change.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from lessonlib import grading
-from lessonlib.exercises import marker, questions
+from lessonlib.authoring import grading
+from lessonlib.authoring.exercises import marker, questions
 
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((REPO / "solutions").glob("*.ipynb"))

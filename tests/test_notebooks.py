@@ -1,4 +1,4 @@
-"""Tests of lessonlib.notebooks: hygiene of every stored notebook, the checks themselves, re-execution."""
+"""Tests of lessonlib.authoring.notebooks: hygiene of every stored notebook, the checks themselves, re-execution."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from lessonlib import notebooks
+from lessonlib.authoring import notebooks
 
 STORED = notebooks.stored_notebooks()
 

@@ -7,7 +7,7 @@ re-runs notebooks that way, and :func:`problems` is the check that both the exec
 test suite apply.
 
 Example:
-    >>> from lessonlib.notebooks import problems
+    >>> from lessonlib.authoring.notebooks import problems
     >>> problems("notebooks/01_lora_increment.ipynb")
     []
 """
@@ -153,7 +153,7 @@ def problems(path: str | os.PathLike, *, generated: bool | None = None) -> list[
         found.append(f"{path.name}: {size / 1e6:.1f} MB is over {MAX_NOTEBOOK_BYTES / 1e6:.0f} MB (use smaller plots)")
     code = [(i, c) for i, c in enumerate(nb.get("cells", [])) if c.get("cell_type") == "code"]
     if not code or "".join(code[0][1].get("source", "")) != setup_cell_source():
-        found.append(f"{path.name}: the first code cell is not the course set-up cell (lessonlib.notebooks.setup_cell_source)")
+        found.append(f"{path.name}: the first code cell is not the course set-up cell (lessonlib.authoring.notebooks.setup_cell_source)")
     leak = _machine_pattern()
     for i, cell in code:
         source = "".join(cell.get("source", ""))

@@ -3,7 +3,7 @@
 ``python -m lessonlib grade SUBMISSIONS_DIR --out grades.csv [--feedback DIR] [--jobs N] [--timeout S]``
 
 Each submission is graded from its *answer cells* only (found by their markers, see
-:mod:`lessonlib.exercises`). Every other cell, the tests included, comes from the source in
+:mod:`lessonlib.authoring.exercises`). Every other cell, the tests included, comes from the source in
 ``solutions/``: editing or deleting a check cell in a submission changes nothing. Each submission
 runs in its own process, with its own kernel and a time limit, so one broken notebook never stops
 the batch. Statuses:
@@ -40,8 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lessonlib.exercises import MD_PLACEHOLDER, Question, check_hint, marker, questions, unwrap_checks
-from lessonlib.notebooks import setup_cell_source
+from lessonlib.authoring.exercises import MD_PLACEHOLDER, Question, check_hint, marker, questions, unwrap_checks
+from lessonlib.authoring.notebooks import setup_cell_source
 from lessonlib.requirements import REPO_ROOT
 
 STATUSES = ("ok", "timeout", "crashed", "invalid", "missing-answers")
@@ -168,7 +168,7 @@ def grading_plan(source: dict, submission: dict) -> tuple[list[Step], list[str],
 
     The source's cells in order, with each answer cell replaced by the submission's answer cells
     for that question (all of them, in the submission's order, as a top-to-bottom run would
-    execute them), test cells unwrapped (:func:`lessonlib.exercises.unwrap_checks`), the set-up
+    execute them), test cells unwrapped (:func:`lessonlib.authoring.exercises.unwrap_checks`), the set-up
     cell left out (grading needs no environment report).
 
     Example:
@@ -337,7 +337,7 @@ def grade_in_child(source: Path, submission: Path, student: str, timeout: float)
     """
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
         out = Path(tmp) / "result.json"
-        command = [sys.executable, "-m", "lessonlib.grading", "--child", str(source), str(submission), student,
+        command = [sys.executable, "-m", "lessonlib.authoring.grading", "--child", str(source), str(submission), student,
                    str(timeout), str(out)]
         log = Path(tmp) / "stderr.txt"  # a file, not a pipe: a flood of messages costs no memory here
         with log.open("wb") as err:
