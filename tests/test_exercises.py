@@ -1,4 +1,4 @@
-"""Tests of lessonlib.authoring.exercises: markers, the generator, the self-check, and exercises/ being up to date."""
+"""Tests of lessonlib.authoring.exercises: markers, the generator, and exercises/ being up to date."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from lessonlib.authoring import exercises, notebooks
-from lessonlib.authoring.exercises import BEGIN, END, check, questions, strip_solution, unwrap_checks
+from lessonlib.authoring.exercises import BEGIN, END, questions, strip_solution, unwrap_checks
 
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((REPO / "solutions").glob("*.ipynb"))
@@ -117,22 +117,6 @@ def test_points_add_up_over_visible_and_hidden_test_cells():
     found = questions(new_notebook(cells=[ANSWER, TESTS, hidden, *manual]))
     assert found["q1"] == exercises.Question("q1", "auto", 3, 2)
     assert found["q2"] == exercises.Question("q2", "manual", 3, 0)
-
-
-def test_check_reports_pass_failure_and_hint_and_never_raises(capsys):
-    with check("q1", hint="look at the shapes"):
-        assert 1 + 1 == 2
-    with check("q1", hint="look at the shapes"):
-        assert 1 + 1 == 3, "one and one"
-    with check("q2"):
-        undefined_name  # noqa: F821 (the student has not run the answer cell)
-    out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"q1: the checks in this cell pass. {exercises.GRADING_NOTE}"
-    assert out[1] == "q1: not yet. AssertionError: one and one"
-    assert out[2] == "    hint: look at the shapes"
-    assert out[3].startswith("q2: not answered yet (NameError")
-    with pytest.raises(ValueError, match="question name"):
-        check("")
 
 
 def test_unwrap_checks_makes_a_failing_assert_fail_the_cell():

@@ -94,9 +94,9 @@ def build_corpus(folder: Path) -> dict[str, tuple[str, dict[str, int]]]:
 
     # A wrong answer that also disarms every way it could see the checks: it redefines check() in
     # the notebook and in lessonlib, empties the submission's test cells and deletes one of them.
-    cheat = with_answer(first, "import contextlib, lessonlib.exercises\n"
+    cheat = with_answer(first, "import contextlib, lessonlib.check\n"
                                "check = lambda *a, **k: contextlib.nullcontext()\n"
-                               "lessonlib.exercises.check = check\n"
+                               "lessonlib.check.check = check\n"
                                "def anything(*args, **kwargs):\n    return None\n")
     for cell in cheat["cells"]:
         if "tests" in marker(cell):

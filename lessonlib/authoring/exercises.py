@@ -31,7 +31,6 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from lessonlib.requirements import REPO_ROOT
@@ -43,8 +42,6 @@ BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 MD_BEGIN, MD_END = "<!-- BEGIN SOLUTION -->", "<!-- END SOLUTION -->"
 MD_PLACEHOLDER = "*Write your answer here.*"
 """What a free-response answer cell holds in the student version."""
-
-GRADING_NOTE = "More tests run when your notebook is graded."
 
 
 @dataclass(frozen=True)
@@ -277,51 +274,6 @@ def build(
     return changed
 
 
-def _failure_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-class check:
-    """Run a block of tests for one question and say how it went, with a hint when it fails.
-
-    Use it as ``with check("q1", hint="..."):`` around ``assert`` lines. A failure never stops
-    the notebook: the message names the check that failed and the hint. When the grader runs,
-    it executes the test code itself, so changing this function changes no grade.
-
-    Example:
-        >>> with check("q1", hint="count both A and B"):
-        ...     assert 2 + 2 == 4
-        q1: the checks in this cell pass. More tests run when your notebook is graded.
-        >>> with check("q1", hint="count both A and B"):
-        ...     assert 2 + 2 == 5, "2 + 2 should be 5"
-        q1: not yet. AssertionError: 2 + 2 should be 5
-            hint: count both A and B
-    """
-
-    def __init__(self, question: str, hint: str = "") -> None:
-        if not isinstance(question, str) or not question:
-            raise ValueError(f"check needs a question name such as 'q1', got {question!r}")
-        self.question, self.hint = question, hint
-
-    def __enter__(self) -> check:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
-        if exc is None:
-            print(f"{self.question}: the checks in this cell pass. {GRADING_NOTE}")
-            return True
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            return False
-        if isinstance(exc, NotImplementedError) or isinstance(exc, NameError):
-            print(f"{self.question}: not answered yet ({_failure_line(exc)}). Write your answer, run its cell, then this one.")
-        else:
-            print(f"{self.question}: not yet. {_failure_line(exc)}")
-        if self.hint:
-            print(f"    hint: {self.hint}")
-        return True  # the failure is reported; the notebook goes on
-
-
 def check_hint(source: str) -> str:
     """Return the ``hint=`` text of the ``check(...)`` call in a test cell (``""`` if none).
 
@@ -350,7 +302,7 @@ def unwrap_checks(source: str) -> str:
     """Return a test cell's code with every ``with check(...):`` replaced by its plain body.
 
     The grader runs this form, so a failing ``assert`` fails the cell whatever the submission did
-    to :class:`check`. Raises ValueError when the cell is not valid Python.
+    to :class:`lessonlib.check.check`. Raises ValueError when the cell is not valid Python.
 
     Example:
         >>> print(unwrap_checks('with check("q1"):\\n    assert x == 1'))
