@@ -4,6 +4,7 @@ Commands:
     env                          print the environment report (versions, device, 4-bit support)
     notebooks execute [NB ...]   re-execute notebooks in place in fresh kernels (default: all stored)
     notebooks check [NB ...]     list hygiene problems of stored notebooks; exit 1 if any
+    notebooks sync [NB ...]      rewrite the cells generated from pyproject.toml (the set-up cell)
 
 More commands live in the module they belong to; each has its own ``--help``
 (see ``MODULE_COMMANDS`` below).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Commands implemented by a module's own ``main(argv) -> int``: name -> (module, one-line help).
@@ -44,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell (default 900)")
     check = nb_commands.add_parser("check", help="list hygiene problems of stored notebooks")
     check.add_argument("paths", nargs="*", help="notebooks (default: every lesson and solution)")
+    sync = nb_commands.add_parser("sync", help="rewrite the set-up cell from pyproject.toml, outputs kept")
+    sync.add_argument("paths", nargs="*", help="notebooks (default: every lesson and solution)")
 
     for name, (_module, summary) in MODULE_COMMANDS.items():
         commands.add_parser(name, help=summary, add_help=False)
@@ -66,6 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     from lessonlib.authoring import notebooks
 
     paths = args.paths or notebooks.stored_notebooks()
+    missing = [str(p) for p in paths if not os.path.isfile(p)]
+    if missing:
+        print(f"error: no such notebook: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.action == "sync":
+        changed = notebooks.sync(paths)
+        for path in changed:
+            print(f"updated the set-up cell of {path}")
+        print(f"{len(paths)} notebook(s), {len(changed)} updated")
+        return 0
     if args.action == "execute":
         if args.jobs < 1:
             print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)

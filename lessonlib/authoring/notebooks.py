@@ -35,31 +35,41 @@ IGNORE_OUTPUT = "# NBVAL_IGNORE_OUTPUT"
 CLONE_DIR = "/content/lora-qlora-course"
 """Where the set-up cell clones the course inside a Colab runtime."""
 
+CLONE_DIR_ENV = "LESSONLIB_COLAB_DIR"
+"""Environment variable that overrides :data:`CLONE_DIR` (the simulated-Colab test uses it)."""
+
+REPOSITORY_ENV = "LESSONLIB_REPOSITORY"
+"""Environment variable that overrides the address the set-up cell clones (e.g. a local clone)."""
+
 
 def setup_cell_source() -> str:
     """Return the source of the first code cell that every notebook starts with.
 
-    In Colab it clones the course and installs its requirements (Colab's torch is kept); anywhere
-    else it installs nothing. Then it prints the environment report. Its output depends on the
-    machine, so nbval ignores it; the assert after the report holds everywhere.
+    In Colab it clones the course (from ``[project.urls] Repository`` in ``pyproject.toml``, or
+    ``$LESSONLIB_REPOSITORY``) and installs the requirements Colab lacks (Colab's torch is kept);
+    anywhere else it installs nothing. Then it prints the environment report. Its output depends
+    on the machine, so nbval ignores it; the assert after the report holds everywhere.
 
     Example:
         >>> setup_cell_source().splitlines()[:2]
         ['# NBVAL_IGNORE_OUTPUT', '# (versions and device differ between machines)']
+        >>> repository_url() in setup_cell_source()
+        True
     """
     return "\n".join(
         [
             IGNORE_OUTPUT,  # nbval knows the marker only when the comment is exactly this
             "# (versions and device differ between machines)",
-            "# Set-up. In Colab: fetch the course and install its requirements (Colab's torch is kept).",
+            "# Set-up. In Colab: fetch the course and install what Colab lacks (Colab's torch is kept).",
             "# Anywhere else there is nothing to install. Then: what is this notebook running on?",
-            "import sys",
+            "import os, sys",
             'if "google.colab" in sys.modules:',
-            "    import os, subprocess",
-            f'    if not os.path.isdir("{CLONE_DIR}"):',
-            '        subprocess.run(["git", "clone", "--quiet", "--depth=1",',
-            f'                        "{repository_url()}", "{CLONE_DIR}"], check=True)',
-            f'    sys.path.insert(0, "{CLONE_DIR}")',
+            "    import subprocess",
+            f'    course = os.environ.get("{CLONE_DIR_ENV}", "{CLONE_DIR}")',
+            "    if not os.path.isdir(course):",
+            f'        repository = os.environ.get("{REPOSITORY_ENV}", "{repository_url()}")',
+            '        subprocess.run(["git", "clone", "--quiet", "--depth=1", repository, course], check=True)',
+            "    sys.path.insert(0, course)",
             "    from lessonlib.env import install_colab_requirements",
             "    install_colab_requirements()",
             "",
@@ -182,9 +192,49 @@ def _normalise(nb) -> None:
                 output.get("metadata", {}).pop("execution", None)
 
 
+def sync_generated_cells(nb: dict) -> bool:
+    """Make the cells generated from ``pyproject.toml`` current in a notebook; return True if changed.
+
+    Today that is the set-up cell (the first code cell, :func:`setup_cell_source`), whose clone
+    address comes from ``[project.urls] Repository``. Outputs are kept: nbval ignores the set-up
+    cell's output. A notebook without a code cell is left alone (:func:`problems` reports it).
+
+    Example:
+        >>> nb = {"cells": [{"cell_type": "code", "source": "print(1)", "outputs": []}]}
+        >>> sync_generated_cells(nb), nb["cells"][0]["source"] == setup_cell_source()
+        (True, True)
+        >>> sync_generated_cells(nb)
+        False
+    """
+    code = [cell for cell in nb.get("cells", []) if cell.get("cell_type") == "code"]
+    if not code or "".join(code[0].get("source", "")) == setup_cell_source():
+        return False
+    code[0]["source"] = setup_cell_source()
+    return True
+
+
+def sync(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Apply :func:`sync_generated_cells` to notebook files in place; return the ones changed.
+
+    Example:
+        >>> sync(["notebooks/01_lora_increment.ipynb"])
+        []
+    """
+    import nbformat
+
+    changed = []
+    for path in map(Path, paths):
+        nb = nbformat.read(path, as_version=4)
+        if sync_generated_cells(nb):
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed
+
+
 def execute_one(path: str | os.PathLike, timeout: int = 900) -> list[str]:
     """Execute one notebook in place in a fresh kernel; return its :func:`problems` afterwards.
 
+    The generated cells are made current first (:func:`sync_generated_cells`).
     The kernel starts in the notebook's folder with this Python environment, as nbval's does.
     If a cell raises, the notebook is still written (so the error can be read in it) and the
     error is among the returned problems.
@@ -199,6 +249,7 @@ def execute_one(path: str | os.PathLike, timeout: int = 900) -> list[str]:
 
     path = Path(path).resolve()
     nb = nbformat.read(path, as_version=4)
+    sync_generated_cells(nb)
     client = NotebookClient(
         nb,
         timeout=timeout,
