@@ -111,7 +111,8 @@ def test_colab_setup_installs_exactly_what_is_missing_and_lesson_01_runs(colab, 
 
     result = _run_lesson(colab, repo)
     assert result["error"] is None, result["error"]
-    assert any("W:" in text and "A:" in text and "B:" in text for text in result["stdout"]), result["stdout"][:3]
+    # the seed's demo prints the same three shape lines as the stored lesson
+    assert "W shape : torch.Size([8, 8])\ndelta shape : torch.Size([8, 8])\nW_new shape : torch.Size([8, 8])\n" in result["stdout"]
     assert Path(colab["env"][CLONE_DIR_ENV], "lessonlib").is_dir()  # the set-up cell cloned the course
 
     after = _pip_list(colab["python"])
