@@ -30,7 +30,7 @@ MODEL_READY := $(MODEL_CACHE)/SmolLM2-135M-Instruct/lessonlib-conversion.json
 # nbval strictly compares every output with the stored one, in this environment's kernel.
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup lab test unit nbval notebooks check exercises clean
+.PHONY: setup lab test unit nbval notebooks check exercises clean bubblewrap
 
 # Set-up = install the course, then prepare what the lessons need on this machine (the converted base
 # model, matplotlib's font cache), so that no lesson or test behaves differently on its first run.
@@ -66,8 +66,19 @@ chromium:
 	      >/dev/null 2>&1 || echo "Could not install Chromium: the browser test will be skipped."; \
 	  else echo "No Chromium and not root: the browser test will be skipped (apt-get install chromium)."; fi; }
 
+# The grader runs each student's notebook in a bubblewrap sandbox (Debian's bubblewrap); its tests
+# need it. Install it when it is missing and this is root on a Debian-like machine (CI); anywhere else
+# those tests skip and say why.
+bubblewrap:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Debian's bubblewrap for the grader's sandbox..."; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; } \
+	      >/dev/null 2>&1 || echo "Could not install bubblewrap: the sandboxed grading tests will be skipped."; \
+	  else echo "No bubblewrap and not root: the sandboxed grading tests will be skipped (apt-get install bubblewrap)."; fi; }
+
 # The lessons go first: the longest files start early, and the short ones fill in around them.
-test: setup chromium
+test: setup chromium bubblewrap
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -n $(JOBS) --dist loadfile --doctest-modules $(NBVAL) \
 	    notebooks $(wildcard solutions/*.ipynb) tests lessonlib
 
