@@ -1,16 +1,14 @@
-"""A small training loop, greedy generation and held-out evaluation for the course's task.
+"""The course's visible training loop, validation loss, greedy generation and held-out evaluation.
 
 The loop is plain PyTorch (AdamW over the parameters that require gradients), so the same function
-trains a full model, a LoRA model or a QLoRA model, and runs unchanged inside
-``torch.nn.parallel.DistributedDataParallel`` (pass ``shard=(rank, world_size)``: every process
-then takes its own slice of each global batch).
+trains a full model, a LoRA model or a QLoRA model: it is how lessons 06 and 07 show what training
+does. Fine-tuning as practitioners run it (TRL's ``SFTTrainer``: checkpoints, gradient
+accumulation, several processes) is :mod:`lessonlib.finetune`.
 
 Example:
     >>> r = TrainResult(loss_history=[2.0, 1.0], seconds=3.0, steps=2, batch_size=4, examples_seen=8)
     >>> r.seconds_per_step
     1.5
-    >>> exact_match_and_valid_json(['{"a":1}', '{"a":2}', 'no'], ['{"a":1}', '{"a":1}', '{"a":1}'])
-    (0.3333333333333333, 0.6666666666666666)
 """
 
 from __future__ import annotations
@@ -25,7 +23,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from lessonlib.data import Example, chat_prompt, collate, encode
+from lessonlib.data import Example, Scores, answer_of, chat_prompt, collate, encode, score
+
+MiB = 2**20
 
 
 @dataclass
@@ -40,12 +40,16 @@ class TrainResult:
     batch_size: int
     examples_seen: int
     """Examples used by this process (a process sees ``steps * batch_size``)."""
-    peak_memory_mb: float = float("nan")
-    """See :func:`peak_memory_mb`, read at the end of training."""
+    peak_memory_mib: float = float("nan")
+    """See :func:`peak_memory_mib`, read at the end of training."""
     step_seconds: list[float] = field(default_factory=list)
     """Wall time of each step (forward, backward, optimizer step)."""
     step_tokens: list[int] = field(default_factory=list)
-    """Tokens of each step's batch on this process, padding excluded."""
+    """Tokens of each step's batch, padding excluded."""
+    eval_steps: list[int] = field(default_factory=list)
+    """Steps after which the validation loss was computed (0: before the first step)."""
+    eval_losses: list[float] = field(default_factory=list)
+    """Validation loss (mean over the answer tokens of all validation examples) at ``eval_steps``."""
 
     @property
     def seconds_per_step(self) -> float:
@@ -77,14 +81,21 @@ class TrainResult:
 
 @dataclass
 class EvalResult:
-    """What :func:`evaluate` measured on held-out examples."""
+    """What :func:`evaluate` measured on held-out examples: the scores and the generations."""
 
-    exact_match: float
-    """Share of generations equal to the expected JSON (after stripping white space)."""
-    valid_json: float
-    """Share of generations that parse as a JSON object."""
+    scores: Scores
     generations: list[str] = field(repr=False)
     """The generated answers, in the order of the examples."""
+
+    @property
+    def exact_match(self) -> float:
+        """Share of generations equal to the expected answer (see :func:`lessonlib.data.score`)."""
+        return self.scores.exact_match
+
+    @property
+    def valid_json(self) -> float:
+        """Share of generations that parse as a JSON object."""
+        return self.scores.valid_json
 
 
 def _check_positive(**values: Any) -> None:
@@ -93,14 +104,14 @@ def _check_positive(**values: Any) -> None:
             raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
-def peak_memory_mb(device: str | None = None) -> float:
-    """Return the peak memory of this process in MB: CUDA's peak allocation on a GPU, else peak RSS.
+def peak_memory_mib(device: str | None = None) -> float:
+    """Return the peak memory of this process in MiB: CUDA's peak allocation on a GPU, else peak RSS.
 
     On a CPU the peak resident set size covers everything the process ever held (libraries,
     the model, activations), so it is an upper bound for what training needed.
 
     Example:
-        >>> peak_memory_mb("cpu") > 0
+        >>> peak_memory_mib("cpu") > 0
         True
     """
     import torch
@@ -108,39 +119,28 @@ def peak_memory_mb(device: str | None = None) -> float:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 1e6
+        return torch.cuda.max_memory_allocated() / MiB
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
-    return peak * (1 if sys.platform == "darwin" else 1024) / 1e6
+    return peak * (1 if sys.platform == "darwin" else 1024) / MiB
 
 
-def batch_indices(n_examples: int, steps: int, batch_size: int, seed: int, shard: tuple[int, int] = (0, 1)) -> list[list[int]]:
-    """Return the example indices of every step for one process: shuffled epochs, seeded.
-
-    All processes draw the same global order; process ``rank`` of ``world`` takes the ``rank``-th
-    slice of ``batch_size`` from each global batch of ``batch_size * world``.
+def batch_indices(n_examples: int, steps: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Return the example indices of every step: shuffled epochs, seeded.
 
     Example:
         >>> batch_indices(4, steps=3, batch_size=2, seed=0)
         [[2, 0], [1, 3], [0, 1]]
-        >>> a = batch_indices(8, 2, 2, 0, shard=(0, 2)); b = batch_indices(8, 2, 2, 0, shard=(1, 2))
-        >>> sorted(a[0] + b[0]) == sorted(set(a[0] + b[0]))   # the two ranks take different examples
-        True
     """
-    rank, world = shard
-    if not 0 <= rank < world:
-        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
     _check_positive(n_examples=n_examples, steps=steps, batch_size=batch_size)
     rng = random.Random(seed)
-    needed = steps * batch_size * world
     order: list[int] = []
-    while len(order) < needed:
+    while len(order) < steps * batch_size:
         epoch = list(range(n_examples))
         rng.shuffle(epoch)
         order += epoch
-    size = batch_size * world
-    return [order[s * size + rank * batch_size: s * size + (rank + 1) * batch_size] for s in range(steps)]
+    return [order[s * batch_size:(s + 1) * batch_size] for s in range(steps)]
 
 
 def keep_4bit_weights_unpacked(model: Any) -> int:
@@ -150,7 +150,8 @@ def keep_4bit_weights_unpacked(model: Any) -> int:
     layout the first time the layer runs in eval mode without gradients, and keeps it so. Measured
     on this course's model: the packed path computes differently (so outputs would depend on the
     CPU), training on a packed model makes the loss climb, and unpacking does not restore the
-    weights. :func:`train` and :func:`generate` therefore call this first. Elsewhere it does nothing.
+    weights. :func:`train`, :func:`validation_loss` and :func:`generate` therefore call this first,
+    and :mod:`lessonlib.finetune` calls it when the trainer starts. Elsewhere it does nothing.
 
     Raises:
         ValueError: a weight is already packed (the model ran inference outside these functions);
@@ -178,6 +179,48 @@ def _device_of(model: Any) -> Any:
     return next(model.parameters()).device
 
 
+def _batches(model: Any, tokenizer: Any, items: Sequence[Any], batch_size: int) -> Any:
+    device = _device_of(model)
+    encoded = [encode(tokenizer, e) for e in items]
+    for i in range(0, len(encoded), batch_size):
+        batch = collate(encoded[i:i + batch_size], tokenizer.pad_token_id)
+        yield {k: v.to(device) for k, v in batch.items()}
+
+
+def validation_loss(model: Any, tokenizer: Any, examples: Sequence[Example | dict[str, Any]], batch_size: int = 16) -> float:
+    """Return the loss on ``examples``: the mean over all their answer tokens, without gradients.
+
+    Every answer token counts once, whatever batch it falls in (a mean of batch means would
+    weigh the tokens of a small last batch more).
+
+    Example:
+        >>> validation_loss(None, None, [])
+        Traceback (most recent call last):
+        ...
+        ValueError: validation_loss needs at least one example, got none
+    """
+    if not examples:
+        raise ValueError("validation_loss needs at least one example, got none")
+    import torch
+    import torch.nn.functional as F
+
+    keep_4bit_weights_unpacked(model)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.no_grad():
+            for batch in _batches(model, tokenizer, examples, batch_size):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                labels = batch["labels"][:, 1:]
+                total += F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
+                                         ignore_index=-100, reduction="sum").item()
+                count += int((labels != -100).sum())
+    finally:
+        model.train(was_training)
+    return total / count
+
+
 def train(
     model: Any,
     tokenizer: Any,
@@ -187,25 +230,29 @@ def train(
     lr: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
-    shard: tuple[int, int] = (0, 1),
     weight_decay: float = 0.0,
+    val_examples: Sequence[Example] = (),
+    eval_every: int = 4,
 ) -> TrainResult:
     """Train ``model`` on ``examples`` for ``steps`` AdamW steps; return the loss history and timing.
 
     Only parameters with ``requires_grad`` are optimized (all of them for full fine-tuning, the
     adapters for LoRA / QLoRA). The loss is the model's own causal-LM loss on the answer tokens
     (:func:`lessonlib.data.encode` masks the prompt). The learning rate warms up linearly over the
-    first 10% of the steps, then stays constant. The model is left in eval mode.
+    first 10% of the steps, then stays constant. With ``val_examples``, the validation loss is
+    computed before the first step, every ``eval_every`` steps and after the last. The model is
+    left in eval mode.
 
     Args:
-        model: a causal LM (plain, peft, or wrapped in DistributedDataParallel).
+        model: a causal LM (plain or peft).
         tokenizer: its tokenizer (for the chat template and the pad token).
         examples: training examples.
-        steps, batch_size, lr: the optimization budget (``batch_size`` per process).
+        steps, batch_size, lr: the optimization budget.
         seed: seeds the batch order and torch (dropout, if any).
         progress: show a tqdm progress bar with the running loss.
-        shard: ``(rank, world_size)`` under data parallelism; ``(0, 1)`` otherwise.
         weight_decay: AdamW weight decay.
+        val_examples: validation examples (none: no validation loss).
+        eval_every: steps between two validation losses.
 
     Raises:
         ValueError: no trainable parameter, no examples, or a non-positive budget.
@@ -216,7 +263,7 @@ def train(
         ...
         ValueError: steps must be a positive number, got 0
     """
-    _check_positive(steps=steps, batch_size=batch_size, lr=lr)
+    _check_positive(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every)
     if not examples:
         raise ValueError("train needs at least one example, got none")
     import torch
@@ -229,18 +276,23 @@ def train(
     keep_4bit_weights_unpacked(model)
     device = _device_of(model)
     encoded = [encode(tokenizer, e) for e in examples]
-    plan = batch_indices(len(encoded), steps, batch_size, seed, shard)
+    plan = batch_indices(len(encoded), steps, batch_size, seed)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warmup = max(1, math.ceil(0.1 * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
 
+    result = TrainResult(loss_history=[], seconds=0.0, steps=steps, batch_size=batch_size,
+                         examples_seen=steps * batch_size)
+
+    def validate(step: int) -> None:
+        if val_examples:
+            result.eval_steps.append(step)
+            result.eval_losses.append(validation_loss(model, tokenizer, val_examples))
+
+    validate(0)
     model.train()
-    losses: list[float] = []
-    step_seconds: list[float] = []
-    step_tokens: list[int] = []
     bar = tqdm(total=steps, desc="training", disable=not progress, file=sys.stderr)
-    start = time.perf_counter()
-    for indices in plan:
+    for step, indices in enumerate(plan, 1):
         step_start = time.perf_counter()
         batch = collate([encoded[i] for i in indices], tokenizer.pad_token_id)
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -249,34 +301,31 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())  # .item() waits for the device, so the step time below is complete
-        step_seconds.append(time.perf_counter() - step_start)
-        step_tokens.append(int(batch["attention_mask"].sum()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        result.loss_history.append(loss.item())  # .item() waits for the device, so the step time is complete
+        result.step_seconds.append(time.perf_counter() - step_start)
+        result.step_tokens.append(int(batch["attention_mask"].sum()))
+        if step % eval_every == 0 or step == steps:
+            validate(step)
+        bar.set_postfix(loss=f"{result.loss_history[-1]:.3f}")
         bar.update()
-    seconds = time.perf_counter() - start
     bar.close()
     model.eval()
-    return TrainResult(
-        loss_history=losses,
-        seconds=seconds,
-        steps=steps,
-        batch_size=batch_size,
-        examples_seen=steps * batch_size,
-        peak_memory_mb=peak_memory_mb(str(device)),
-        step_seconds=step_seconds,
-        step_tokens=step_tokens,
-    )
+    result.seconds = sum(result.step_seconds)
+    result.peak_memory_mib = peak_memory_mib(str(device))
+    return result
 
 
 def generate(
     model: Any,
     tokenizer: Any,
-    examples: Sequence[Example | str],
-    max_new_tokens: int = 32,
+    items: Sequence[Any],
+    max_new_tokens: int = 40,
     batch_size: int = 20,
 ) -> list[str]:
-    """Greedy answers to ``examples`` (batched, left-padded), decoded without special tokens.
+    """Greedy answers to ``items`` (batched, left-padded), decoded without special tokens.
+
+    ``items``: booking :class:`~lessonlib.data.Example` or texts (prompted with the task's system
+    message), lists of chat messages, or records with a ``"prompt"`` (see :func:`lessonlib.data.chat_prompt`).
 
     Example:
         >>> generate(None, None, [], max_new_tokens=0)
@@ -287,11 +336,11 @@ def generate(
     _check_positive(max_new_tokens=max_new_tokens, batch_size=batch_size)
     import torch
 
-    if not examples:
+    if not items:
         return []
     keep_4bit_weights_unpacked(model)
     device = _device_of(model)
-    prompts = [chat_prompt(tokenizer, e) for e in examples]
+    prompts = [chat_prompt(tokenizer, e) for e in items]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     answers: list[str] = []
@@ -312,33 +361,14 @@ def generate(
     return answers
 
 
-def exact_match_and_valid_json(generations: Sequence[str], answers: Sequence[str]) -> tuple[float, float]:
-    """Return (share equal to the answer, share that parses as a JSON object).
-
-    Example:
-        >>> exact_match_and_valid_json(['{"a": 1}'], ['{"a":1}'])   # same JSON, other spacing: no match
-        (0.0, 1.0)
-    """
-    if len(generations) != len(answers) or not answers:
-        raise ValueError(f"need as many generations as answers (at least one), got {len(generations)} and {len(answers)}")
-    exact = sum(g.strip() == a.strip() for g, a in zip(generations, answers))
-    valid = 0
-    for g in generations:
-        try:
-            valid += isinstance(json.loads(g), dict)
-        except ValueError:
-            pass
-    return exact / len(answers), valid / len(answers)
-
-
 def evaluate(
     model: Any,
     tokenizer: Any,
-    examples: Sequence[Example],
-    max_new_tokens: int = 32,
+    items: Sequence[Example | dict[str, Any]],
+    max_new_tokens: int = 40,
     batch_size: int = 20,
 ) -> EvalResult:
-    """Generate greedily for held-out ``examples``; return exact match, valid-JSON rate, generations.
+    """Generate greedily for held-out ``items``; score them with :func:`lessonlib.data.score`.
 
     Example:
         >>> evaluate(None, None, [])
@@ -346,21 +376,20 @@ def evaluate(
         ...
         ValueError: evaluate needs at least one example, got none
     """
-    if not examples:
+    if not items:
         raise ValueError("evaluate needs at least one example, got none")
-    generations = generate(model, tokenizer, examples, max_new_tokens, batch_size)
-    exact, valid = exact_match_and_valid_json(generations, [e.answer for e in examples])
-    return EvalResult(exact_match=exact, valid_json=valid, generations=generations)
+    generations = generate(model, tokenizer, items, max_new_tokens, batch_size)
+    return EvalResult(scores=score(generations, [answer_of(e) for e in items]), generations=generations)
 
 
-def directory_size_mb(path: str | os.PathLike) -> float:
-    """Return the total size of the files under ``path`` in MB (e.g. a saved adapter).
+def directory_size_mib(path: str | os.PathLike) -> float:
+    """Return the total size of the files under ``path`` in MiB (e.g. a saved adapter).
 
     Example:
-        >>> directory_size_mb(".") > 0
+        >>> directory_size_mib(".") > 0
         True
     """
     total = 0
     for root, _dirs, files in os.walk(path):
         total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-    return total / 1e6
+    return total / MiB

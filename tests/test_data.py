@@ -1,8 +1,12 @@
-"""Tests of lessonlib.data: deterministic disjoint splits, chat formatting, label masking, padding."""
+"""Tests of lessonlib.data: disjoint pools and splits, chat formatting and label masking (equal to TRL's),
+the scorer, the confidence interval, and the reader of a student's own JSONL data."""
 
 from __future__ import annotations
 
 import json
+import math
+import random
+import re
 
 import pytest
 
@@ -15,22 +19,52 @@ def tokenizer():
     return load_tokenizer()
 
 
-def test_splits_are_deterministic_disjoint_and_sized():
+def test_splits_are_deterministic_sized_and_never_repeat_a_booking():
     a = data.booking_splits(200, 30, 40, seed=3)
     assert a == data.booking_splits(200, 30, 40, seed=3)
     assert a != data.booking_splits(200, 30, 40, seed=4)
     assert [len(s) for s in a] == [200, 30, 40]
     answers = [e.answer for s in a for e in s]
-    assert len(set(answers)) == len(answers)  # no booking twice, across all splits
+    assert len(set(answers)) == len(answers)
+
+
+def _template_of(text, pool):
+    """Which template of ``pool`` produced ``text`` (matching it as a pattern), or None."""
+    for t in pool.templates:
+        pattern = re.escape(t)
+        for slot in ("name", "people", "date", "time"):
+            pattern = pattern.replace(re.escape("{" + slot + "}"), ".+?")
+        if re.match(pattern + "(" + "|".join(re.escape(c).replace(re.escape("{note}"), ".+") for c in pool.note_clauses) + ")?$", text):
+            return t
+    return None
+
+
+def test_held_out_examples_share_no_template_and_no_value_with_training():
+    splits = data.booking_splits(400, 50, 100, seed=0)
+    train_values = {k: {e.fields[k] for e in splits.train} for k in data.KEYS}
+    for e in splits.val + splits.test:
+        for k in data.KEYS:
+            if e.fields[k] != "":
+                assert e.fields[k] not in train_values[k], (k, e.fields[k])
+        assert _template_of(e.text, data.HELD_OUT_POOL) and not _template_of(e.text, data.TRAIN_POOL), e.text
+    for e in splits.train:
+        assert _template_of(e.text, data.TRAIN_POOL), e.text
+    # the pools are disjoint in every part (templates, clauses, names, sizes, dates, times, notes)
+    for name in ("templates", "note_clauses", "names", "people", "dates", "times", "notes"):
+        assert not set(getattr(data.TRAIN_POOL, name)) & set(getattr(data.HELD_OUT_POOL, name)), name
+    # the training split covers its templates, and notes appear and are absent
+    assert len({_template_of(e.text, data.TRAIN_POOL) for e in splits.train}) == len(data.TRAIN_POOL.templates)
+    assert 0.3 < sum(e.fields["note"] != "" for e in splits.train) / len(splits.train) < 0.7
 
 
 def test_answers_hold_the_facts_of_the_sentence():
-    for e in data.booking_splits(60, 0, 0, seed=1).train:
-        fields = json.loads(e.answer)
-        assert list(fields) == list(data.KEYS)
-        assert fields["name"] in e.text and fields["time"] in e.text
-        assert str(fields["n"]) in e.text and data.DAY_WORDS[fields["day"]] in e.text
-    assert len({e.text.split(" ")[0] for e in data.booking_splits(60, 0, 0, seed=1).train}) > 3  # varied phrasings
+    for e in data.booking_splits(100, 0, 50, seed=1).train + data.booking_splits(0, 0, 50, seed=1).test:
+        f = e.fields
+        assert list(f) == list(data.KEYS)
+        assert f["name"] in e.text and f["time"] in e.text and f["note"] in e.text
+        assert re.search(rf"\b{f['people']}\b", e.text)
+        month, day = (int(x) for x in f["date"].split("-"))
+        assert re.search(rf"\b{day} {data.MONTHS[month - 1]}\b|\b{data.MONTHS[month - 1]} {day}\b", e.text), e.text
 
 
 @pytest.mark.parametrize("sizes", [(-1, 1, 1), (0, 0, 0), (1.5, 1, 1), (10**6, 0, 0)])
@@ -46,17 +80,42 @@ def test_chat_prompt_uses_the_short_system_message(tokenizer):
     default = tokenizer.apply_chat_template([{"role": "user", "content": e.text}], tokenize=False, add_generation_prompt=True)
     assert len(tokenizer(prompt)["input_ids"]) < len(tokenizer(default)["input_ids"])
     assert prompt.endswith(default[default.rindex("<|im_start|>assistant"):])
+    assert data.chat_prompt(tokenizer, data.to_record(e)) == prompt == data.chat_prompt(tokenizer, data.chat_messages(e))
 
 
-def test_labels_are_masked_to_the_answer_and_end_token(tokenizer):
+def test_labels_are_masked_to_the_answer_end_token_and_newline(tokenizer):
     e = data.booking_splits(1, 0, 0).train[0]
     enc = data.encode(tokenizer, e)
     kept = [t for t in enc["labels"] if t != data.IGNORE_INDEX]
-    assert tokenizer.decode(kept[:-1]) == e.answer and kept[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(kept) == e.answer + tokenizer.eos_token + "\n"
     n_prompt = len(enc["labels"]) - len(kept)
     assert enc["labels"][:n_prompt] == [data.IGNORE_INDEX] * n_prompt
     assert tokenizer.decode(enc["input_ids"][:n_prompt]) == data.chat_prompt(tokenizer, e)
-    assert len(enc["input_ids"]) < 80  # short sequences keep CPU steps cheap
+    lengths = [len(data.encode(tokenizer, x)["input_ids"]) for x in data.booking_splits(50, 0, 0).train]
+    assert max(lengths) < 100  # short sequences keep CPU steps cheap
+
+
+def test_encoding_equals_trls_tokens_and_completion_mask(tokenizer):
+    """TRL's SFTTrainer prepares the same ids, and masks the same positions, as data.encode."""
+    from trl import SFTConfig, SFTTrainer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    examples = data.booking_splits(4, 0, 0, seed=5).train
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        trainer = SFTTrainer(model=model, args=SFTConfig(output_dir=out, use_cpu=True, report_to=[], bf16=False,
+                                                         activation_checkpointing=False),
+                             train_dataset=data.to_dataset(examples), processing_class=tokenizer)
+        prepared = trainer.train_dataset
+        assert trainer.completion_only_loss
+        for row, e in zip(prepared, examples):
+            ours = data.encode(tokenizer, e)
+            assert row["input_ids"] == ours["input_ids"]
+            batch = trainer.data_collator([row])
+            assert batch["labels"][0].tolist() == ours["labels"]
 
 
 def test_collate_pads_right_and_masks_padding(tokenizer):
@@ -68,3 +127,110 @@ def test_collate_pads_right_and_masks_padding(tokenizer):
     assert ((batch["labels"] != data.IGNORE_INDEX) <= batch["attention_mask"].bool()).all()
     with pytest.raises(ValueError, match="at least one"):
         data.collate([], 0)
+
+
+def test_to_dataset_is_trls_conversational_prompt_completion():
+    from trl.data_utils import is_conversational
+
+    examples = data.booking_splits(3, 0, 0).train
+    ds = data.to_dataset(examples)
+    assert ds.column_names == ["prompt", "completion"] and len(ds) == 3
+    assert is_conversational(ds[0])
+    assert ds[1]["completion"] == [{"role": "assistant", "content": examples[1].answer}]
+
+
+def test_score_counts_exact_valid_and_per_field():
+    answer = data.answer_json("Jo", 2, "05-03", "12:00", "")
+    gens = [answer, answer.replace("12:00", "12:30"), json.dumps(json.loads(answer)), "[1]", "Sure! {", ""]
+    s = data.score(gens, [answer] * len(gens))
+    assert s.n == 6 and s.exact == [True, False, False, False, False, False] and s.exact_count == 1
+    assert s.exact_match == 1 / 6
+    expected_valid = sum(isinstance(_try_json(g), dict) for g in gens)
+    assert s.valid_json == expected_valid / 6 == 3 / 6
+    assert s.fields["time"] == 2 / 6 and s.fields["name"] == 3 / 6 and list(s.fields) == list(data.KEYS)
+    assert data.score(["hello"], ["hello"]).fields == {}          # free text: no fields
+    with pytest.raises(ValueError, match="as many"):
+        data.score(gens, [answer])
+
+
+def _try_json(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def test_wilson_interval_covers_the_rate_and_shrinks_with_n():
+    lo, hi = data.wilson_interval(36, 40)
+    assert lo < 0.9 < hi
+    lo2, hi2 = data.wilson_interval(360, 400)
+    assert lo < lo2 < 0.9 < hi2 < hi
+    # coverage, by simulation: about 95% of intervals hold the true rate
+    rng = random.Random(0)
+    hits = sum(data.wilson_interval(k, 60)[0] <= 0.8 <= data.wilson_interval(k, 60)[1]
+               for k in (sum(rng.random() < 0.8 for _ in range(60)) for _ in range(400)))
+    assert 0.92 < hits / 400 < 0.98
+    assert data.wilson_interval(0, 10)[0] == 0 and math.isclose(data.wilson_interval(10, 10)[1], 1)
+    with pytest.raises(ValueError):
+        data.wilson_interval(3, 2)
+
+
+def test_read_jsonl_accepts_both_formats(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"prompt": "2+2?", "completion": "4"}),
+        "",
+        json.dumps({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                                 {"role": "assistant", "content": "hello"}, {"role": "user", "content": "3+3?"},
+                                 {"role": "assistant", "content": "6"}]}),
+        json.dumps({"prompt": [{"role": "user", "content": "1+1?"}], "completion": [{"role": "assistant", "content": "2"}]}),
+    ]) + "\n")
+    records = data.read_jsonl(path)
+    assert len(records) == 3
+    assert records[0] == {"prompt": [{"role": "user", "content": "2+2?"}], "completion": [{"role": "assistant", "content": "4"}]}
+    assert [m["role"] for m in records[1]["prompt"]] == ["system", "user", "assistant", "user"]
+    assert records[1]["completion"] == [{"role": "assistant", "content": "6"}]
+    assert data.answer_of(records[2]) == "2"
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": "a", ', "not JSON"),
+    ('[1, 2]', "not a JSON object"),
+    ('{"prompt": "a"}', "missing key 'completion'"),
+    ('{"completion": "a"}', "missing key 'prompt'"),
+    ('{"prompt": "a", "completion": ""}', "empty completion"),
+    ('{"prompt": "a", "completion": [{"role": "assistant", "content": "b"}]}', "both be strings"),
+    ('{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}', "wrong role order"),
+    ('{"messages": [{"role": "user", "content": "a"}]}', "wrong role order"),
+    ('{"messages": [{"role": "bot", "content": "a"}]}', "role 'bot'"),
+    ('{"messages": [{"role": "user", "text": "a"}]}', '"role" and "content"'),
+])
+def test_read_jsonl_names_the_line_and_the_problem(tmp_path, line, message):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"prompt": "x", "completion": "y"}\n' + line + "\n")
+    with pytest.raises(data.DataError) as info:
+        data.read_jsonl(path)
+    assert info.value.line == 2 and isinstance(info.value, ValueError)
+    assert str(info.value).startswith("train.jsonl, line 2: ") and message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_read_jsonl_refuses_an_example_longer_than_max_length(tmp_path, tokenizer):
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"prompt": "short", "completion": "ok"}) + "\n" +
+                    json.dumps({"prompt": "word " * 100, "completion": "ok"}) + "\n")
+    n = len(data.encode(tokenizer, data.read_jsonl(path)[1])["input_ids"])
+    assert len(data.read_jsonl(path, tokenizer, max_length=n)) == 2
+    with pytest.raises(data.DataError, match=rf"line 2: too long: {n} tokens .* max_length {n - 1}"):
+        data.read_jsonl(path, tokenizer, max_length=n - 1)
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(data.DataError, match="no example"):
+        data.read_jsonl(tmp_path / "empty.jsonl")
+
+
+def test_split_off_holds_out_a_seeded_share():
+    train, held = data.split_off(list(range(20)), 0.1, seed=1)
+    assert len(held) == 2 and sorted(train + held) == list(range(20))
+    assert (train, held) == data.split_off(list(range(20)), 0.1, seed=1)
+    with pytest.raises(ValueError):
+        data.split_off([1], 0.5)

@@ -1,12 +1,10 @@
-"""Tests of lessonlib.train: batch plans, the training loop (full and LoRA), generation, evaluation.
+"""Tests of lessonlib.train: batch plans, the training loop (full and LoRA), validation loss, generation, evaluation.
 
 A tiny randomly initialised Llama with the course tokenizer keeps these tests fast; the real
 model's fine-tune is exercised by the lesson-06 notebook and tests/test_finetune.py.
 """
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
@@ -31,15 +29,13 @@ def tiny_model(tokenizer, seed=0, hidden=32):
     return LlamaForCausalLM(cfg).eval()
 
 
-def test_batch_plan_covers_each_epoch_once_and_shards_split_the_global_batch():
+def test_batch_plan_covers_each_epoch_once():
     plan = train.batch_indices(10, steps=5, batch_size=2, seed=1)
     assert sorted(i for b in plan for i in b) == list(range(10))  # one epoch, each example once
-    ranks = [train.batch_indices(10, 5, 2, 1, shard=(r, 2)) for r in range(2)]
-    whole = train.batch_indices(10, 5, 4, 1)
-    for step in range(5):
-        assert ranks[0][step] + ranks[1][step] == whole[step]
-    with pytest.raises(ValueError, match="rank"):
-        train.batch_indices(10, 1, 1, 0, shard=(2, 2))
+    longer = train.batch_indices(10, steps=10, batch_size=2, seed=1)
+    assert longer[:5] == plan and sorted(i for b in longer[5:] for i in b) == list(range(10))
+    with pytest.raises(ValueError, match="steps"):
+        train.batch_indices(10, 0, 1, 0)
 
 
 def test_lora_training_lowers_the_loss_and_changes_only_the_adapter(tokenizer):
@@ -52,7 +48,7 @@ def test_lora_training_lowers_the_loss_and_changes_only_the_adapter(tokenizer):
     assert len(result.loss_history) == 30 and result.steps == 30 and result.examples_seen == 120
     assert result.loss_history[-1] < result.loss_history[0] - 1.0
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
-    assert result.seconds > 0 and result.peak_memory_mb > 0 and not model.training
+    assert result.seconds > 0 and result.peak_memory_mib > 0 and not model.training
 
 
 def test_training_is_reproducible_from_the_seed(tokenizer):
@@ -77,34 +73,43 @@ def test_batched_generation_equals_one_at_a_time(tokenizer):
     assert tokenizer.padding_side == "right"  # restored
 
 
-def test_scores_follow_the_json_module():
-    gens = ['{"name":"Jo","n":2,"day":"mon","time":"12:00"}', '{"name": "Jo"}', '[1]', "Sure! {", ""]
-    answers = ['{"name":"Jo","n":2,"day":"mon","time":"12:00"}'] * 5
-    exact, valid = train.exact_match_and_valid_json(gens, answers)
-    expected_valid = 0
-    for g in gens:
-        try:
-            expected_valid += isinstance(json.loads(g), dict)
-        except json.JSONDecodeError:
-            pass
-    assert exact == 1 / 5 and valid == expected_valid / 5
-    with pytest.raises(ValueError, match="as many"):
-        train.exact_match_and_valid_json(gens, answers[:2])
-
-
 def test_evaluate_scores_its_own_generations(tokenizer):
     model = tiny_model(tokenizer)
     examples = data.booking_splits(0, 0, 3, seed=0).test
     ev = train.evaluate(model, tokenizer, examples, max_new_tokens=4)
     assert len(ev.generations) == 3
-    assert (ev.exact_match, ev.valid_json) == train.exact_match_and_valid_json(ev.generations, [e.answer for e in examples])
+    assert ev.scores == data.score(ev.generations, [e.answer for e in examples])
+    assert (ev.exact_match, ev.valid_json) == (ev.scores.exact_match, ev.scores.valid_json)
+    records = [data.to_record(e) for e in examples]      # records (own data) are generated from the same prompts
+    assert train.generate(model, tokenizer, records, max_new_tokens=4) == ev.generations
+
+
+def test_validation_loss_is_the_token_mean_of_the_models_loss(tokenizer):
+    model = tiny_model(tokenizer, seed=2)
+    examples = data.booking_splits(0, 3, 0, seed=0).val
+    batch = data.collate([data.encode(tokenizer, e) for e in examples], tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = model(**batch).loss.item()    # the model's own mean over the answer tokens
+    assert train.validation_loss(model, tokenizer, examples, batch_size=2) == pytest.approx(expected, rel=1e-5)
+
+
+def test_training_records_the_validation_loss_every_few_steps(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_model(tokenizer), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    splits = data.booking_splits(4, 2, 0, seed=0)
+    result = train.train(model, tokenizer, splits.train, steps=10, batch_size=4, lr=5e-2, seed=0, progress=False,
+                         val_examples=splits.val, eval_every=4)
+    assert result.eval_steps == [0, 4, 8, 10] and len(result.eval_losses) == 4
+    assert result.eval_losses[-1] == pytest.approx(train.validation_loss(model, tokenizer, splits.val))
+    assert result.eval_losses[-1] != result.eval_losses[0]
 
 
 def test_every_step_is_timed_and_its_tokens_counted(tokenizer):
     examples = data.booking_splits(6, 0, 0, seed=0).train
     result = train.train(tiny_model(tokenizer), tokenizer, examples, steps=3, batch_size=2, seed=1, progress=False)
     assert len(result.step_seconds) == len(result.step_tokens) == 3
-    assert all(s > 0 for s in result.step_seconds) and sum(result.step_seconds) <= result.seconds
+    assert all(s > 0 for s in result.step_seconds) and sum(result.step_seconds) == pytest.approx(result.seconds)
     # an independent count: the non-padding tokens of the same batches, re-encoded
     plan = train.batch_indices(len(examples), steps=3, batch_size=2, seed=1)
     expected = [sum(len(data.encode(tokenizer, examples[i])["input_ids"]) for i in batch) for batch in plan]
