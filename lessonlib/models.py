@@ -36,6 +36,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lessonlib.quantization import DTYPES, QUANTIZATIONS, TORCH_DTYPE_NAMES
+
 MODEL_NAME = "SmolLM2-135M-Instruct"
 """The course's base model."""
 
@@ -51,10 +53,10 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "LESSONLIB_MODEL_CACHE"
 """Environment variable that overrides the cache folder for converted models."""
 
-QUANTIZATIONS = ("none", "nf4", "nf4-dq", "fp4")
-"""Accepted values of ``quantization``."""
-
-_DTYPES = ("float32", "bfloat16", "float16")
+# QUANTIZATIONS (accepted values of ``quantization``) and the dtype names are the course's
+# vocabulary, defined once in lessonlib.quantization.
+_DTYPES = {**{name: name for name in TORCH_DTYPE_NAMES.values()}, **TORCH_DTYPE_NAMES}
+# the course's dtype names (fp32, bf16, fp16: lessonlib.quantization.DTYPES) and torch's (float32, ...)
 _MARKER = "lessonlib-conversion.json"
 
 
@@ -250,8 +252,9 @@ def _torch_dtype(name: str | None, device: str) -> Any:
     if name is None:
         name = "bfloat16" if device == "cuda" else "float32"
     if name not in _DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {name!r}")
-    return getattr(torch, name)
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or torch's float32, bfloat16, float16), "
+                         f"got {name!r}")
+    return getattr(torch, _DTYPES[name])
 
 
 def quantization_config(quantization: str = "none", compute_dtype: str | None = None, device: str = "cpu") -> Any:

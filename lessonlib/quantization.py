@@ -14,6 +14,11 @@ memory calculator uses them. The formats:
 The per-tensor constants (the 16- and 256-entry code tables, the one fp32 mean of double
 quantization) are left out: they cost bytes per tensor, not per weight.
 
+The course's words for them are defined here once and used by every module (``lessonlib.models``,
+``params``, ``memory``): :data:`DTYPES` for the plain number formats and :data:`QUANTIZATIONS` for
+how a model's linear weights are stored. :func:`tensor_state_bytes` gives the exact bytes of one
+4-bit tensor's quantization state, as bitsandbytes keeps them.
+
 Example:
     >>> bits_per_parameter()
     4.5
@@ -24,6 +29,22 @@ Example:
 """
 
 from __future__ import annotations
+
+DTYPES = ("fp32", "bf16", "fp16")
+"""The course's names of the plain number formats (weights, activations, compute)."""
+
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+"""Bytes per number of each of :data:`DTYPES`."""
+
+TORCH_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""The ``torch`` attribute behind each of :data:`DTYPES` (``torch.bfloat16`` for ``"bf16"``)."""
+
+QUANTIZATIONS = ("none", "nf4", "nf4-dq", "fp4")
+"""How the linear weights are stored: unquantized, NF4, NF4 with double quantization (QLoRA's
+default), or FP4 (stored like NF4, other code values)."""
+
+FOUR_BIT = ("nf4", "nf4-dq", "fp4")
+"""The 4-bit entries of :data:`QUANTIZATIONS`."""
 
 FORMATS = ("fp32", "bf16", "fp16", "int8", "nf4", "nf4-dq", "fp4")
 """Accepted values of ``fmt`` in :func:`format_bits` and :func:`weight_bytes`."""
@@ -116,3 +137,49 @@ def weight_bytes(n_params: int, fmt: str, blocksize: int = 64, nested_blocksize:
     if isinstance(n_params, bool) or not isinstance(n_params, int) or n_params < 0:
         raise ValueError(f"n_params must be a non-negative integer, got {n_params!r}")
     return n_params * format_bits(fmt, blocksize, nested_blocksize) / 8
+
+
+def packed_bytes(n_weights: int) -> int:
+    """Return the bytes of the packed 4-bit codes of one tensor: two weights per byte, rounded up.
+
+    Example:
+        >>> packed_bytes(64), packed_bytes(65)
+        (32, 33)
+    """
+    return -(-n_weights // 2)
+
+
+def tensor_state_bytes(n_weights: int, quantization: str = "nf4-dq", blocksize: int = 64,
+                       nested_blocksize: int = 256) -> int:
+    """Return the bytes of one 4-bit tensor's quantization state, exactly as bitsandbytes stores it.
+
+    Besides the packed codes (:func:`packed_bytes`) a 4-bit tensor keeps its code table (16 fp32
+    values) and one absmax per block: fp32 for ``nf4`` and ``fp4``; for ``nf4-dq`` an 8-bit code
+    per block, plus the fp32 offset (the absmaxes' mean), one fp32 scale per ``nested_blocksize``
+    absmaxes and the 256-entry fp32 table of those 8-bit codes.
+
+    Raises:
+        ValueError: an unknown or non-4-bit quantization, or bad sizes.
+
+    Example:
+        >>> tensor_state_bytes(4096, "nf4")                  # 64 fp32 absmaxes + the 16-entry table
+        320
+        >>> tensor_state_bytes(4096, "nf4-dq")               # 64 bytes + offset + 1 scale + 2 tables
+        1160
+        >>> tensor_state_bytes(4096, "int4")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown 4-bit quantization 'int4'; accepted: nf4, nf4-dq, fp4
+    """
+    if quantization not in FOUR_BIT:
+        raise ValueError(f"unknown 4-bit quantization {quantization!r}; accepted: {', '.join(FOUR_BIT)}")
+    _check_blocksize("blocksize", blocksize)
+    _check_blocksize("nested_blocksize", nested_blocksize)
+    if isinstance(n_weights, bool) or not isinstance(n_weights, int) or n_weights < 0:
+        raise ValueError(f"n_weights must be a non-negative integer, got {n_weights!r}")
+    blocks = -(-n_weights // blocksize)
+    code_table = 16 * 4
+    if quantization != "nf4-dq":
+        return blocks * 4 + code_table
+    nested = -(-blocks // nested_blocksize)
+    return blocks + 4 + nested * 4 + 256 * 4 + code_table
