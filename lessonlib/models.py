@@ -158,6 +158,10 @@ def converted_model_dir(progress: bool = True) -> Path:
         model.save_pretrained(work)
         tokenizer.save_pretrained(work)
         (work / _MARKER).write_text(json.dumps({"from": gguf.name, "bytes": gguf.stat().st_size}))
+        # A cache of a public model, readable by every user: the grader's sandboxed kernels run as another.
+        work.chmod(0o755)
+        for path in work.iterdir():
+            path.chmod(0o644)
         try:
             os.replace(work, target)
         except OSError:  # another process finished first: keep its copy
