@@ -12,9 +12,13 @@ A LoRA adapter on a linear layer ``in_features -> out_features`` adds ``lora_A``
 Supported architectures (``model_type``): llama, mistral, qwen2, gemma, phi3 (fused ``qkv_proj``
 and ``gate_up_proj``) and gpt2 (fused ``c_attn``, ``Conv1D`` layers, learned positions, biases).
 
+A model is named by a registry name, a ``config.json`` file (or a folder holding one: a model you
+downloaded or trained), a plain dict or a ``transformers`` config.
+
 Public API:
     :func:`registry_names`, :data:`REGISTRY`  the real models that ship with the package
-    :func:`resolve_config`   a name, a dict or a config object -> a ``PretrainedConfig``
+    :func:`resolve_config`   a name, a path, a dict or a config object -> a ``PretrainedConfig``
+    :func:`model_shape`      every size the calculators need, resolved once (:class:`ModelShape`)
     :func:`linear_layers`    the linear layers of a model, by module type (:class:`LinearLayer`)
     :func:`parameter_groups` where the base model's parameters live (embeddings, attention, ...)
     :func:`count_parameters` trainable / total parameters for LoRA (:class:`ParamCount`)
@@ -31,10 +35,16 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from lessonlib.quantization import DTYPE_BYTES, DTYPES
 
 if TYPE_CHECKING:  # transformers is imported only when a function needs it
     from transformers import PretrainedConfig
@@ -47,9 +57,6 @@ DEFAULT_TARGETS = ("q_proj", "v_proj")
 
 _OTHER_DEFAULT_TARGETS = {"gpt2": ("c_attn",), "phi3": ("qkv_proj",)}
 """Defaults where the attention is fused (GPT-2's is ``peft``'s; Phi-3's is the same idea)."""
-
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-"""Bytes per stored number for the dtypes an adapter is saved in."""
 
 # The configuration fields that decide the shapes, per model type. A dict missing one is refused.
 _NEEDED_FIELDS = {
@@ -105,21 +112,60 @@ def registry_names() -> list[str]:
     return list(REGISTRY)
 
 
-def _registry_key(name: str) -> str:
+def _registry_key(name: str) -> str | None:
     """Find a registry name, ignoring case, an organisation prefix and ``-hf``/``-instruct`` endings."""
     key = name.strip().lower().rsplit("/", 1)[-1].replace("_", "-")
     for suffix in ("-instruct", "-hf", "-v0.1"):
         key = key.removesuffix(suffix)
     aliases = {"gpt2-small": "gpt2", "gpt-2": "gpt2", "gpt-2-small": "gpt2", "phi-3-mini-4k": "phi-3-mini"}
     key = aliases.get(key, key)
-    if key not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}; the registry has: {', '.join(REGISTRY)} "
-                         "(or pass a config dict / transformers config)")
-    return key
+    return key if key in REGISTRY else None
 
 
-def resolve_config(model: str | Mapping[str, Any] | PretrainedConfig) -> PretrainedConfig:
-    """Return a ``transformers`` config for a registry name, a plain dict or a config object.
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Return the fields of a ``config.json`` file, or of the ``config.json`` inside a folder.
+
+    Raises:
+        ValueError: no such file or folder, a folder without ``config.json``, a file that is not
+            a JSON object (the message names the path and what was wrong).
+
+    Example:
+        >>> import json, tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (folder / "config.json").write_text(json.dumps(REGISTRY["smollm2-135m"]))
+        >>> read_config_file(folder)["hidden_size"]
+        576
+        >>> read_config_file(folder / "missing.json")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: no such file or folder: .../missing.json
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"folder {path} holds no config.json")
+        path = path / "config.json"
+    elif not path.is_file():
+        raise ValueError(f"no such file or folder: {path}")
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable JSON file ({exc})") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path} does not hold a JSON object (a model configuration)")
+    return fields
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.endswith(".json") or os.sep in text or text.startswith((".", "~")) or Path(text).exists()
+
+
+def resolve_config(model: str | os.PathLike | Mapping[str, Any] | PretrainedConfig) -> PretrainedConfig:
+    """Return a ``transformers`` config for a registry name, a path, a plain dict or a config object.
+
+    A string is a registry name (case, an organisation prefix and ``-hf``/``-Instruct`` endings
+    are ignored) or, when it is no registry name, the path of a ``config.json`` file or of a
+    folder holding one (:func:`read_config_file`).
 
     A dict needs ``model_type`` and the fields that decide the shapes (for Llama-style models:
     hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, vocab_size;
@@ -127,9 +173,9 @@ def resolve_config(model: str | Mapping[str, Any] | PretrainedConfig) -> Pretrai
     defaults when left out). It is built with ``transformers.AutoConfig.for_model``.
 
     Raises:
-        ValueError: unknown registry name (the message lists the registry), a dict without
-            ``model_type`` or without a needed field (the message names it), an unsupported
-            ``model_type``.
+        ValueError: neither a registry name nor a config file (the message lists the registry),
+            a bad config file, a dict without ``model_type`` or without a needed field (the
+            message names it), an unsupported ``model_type``.
 
     Example:
         >>> cfg = resolve_config("SmolLM2-135M")
@@ -140,8 +186,17 @@ def resolve_config(model: str | Mapping[str, Any] | PretrainedConfig) -> Pretrai
         ...
         ValueError: config is missing 'intermediate_size' (a llama config needs: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, vocab_size)
     """
-    if isinstance(model, str):
-        model = REGISTRY[_registry_key(model)]
+    if isinstance(model, os.PathLike):
+        model = read_config_file(model)
+    elif isinstance(model, str):
+        key = _registry_key(model)
+        if key is not None:
+            model = REGISTRY[key]
+        elif _looks_like_path(model):
+            model = read_config_file(model)
+        else:
+            raise ValueError(f"unknown model {model!r}: not a registry name ({', '.join(REGISTRY)}) "
+                             "nor a config.json file or a folder holding one")
     if isinstance(model, Mapping):
         fields = dict(model)
         model_type = fields.pop("model_type", None)
@@ -154,7 +209,11 @@ def resolve_config(model: str | Mapping[str, Any] | PretrainedConfig) -> Pretrai
                 raise ValueError(f"config is missing {name!r} (a {model_type} config needs: {', '.join(needed)})")
         from transformers import AutoConfig
 
-        return AutoConfig.for_model(model_type, **fields)
+        try:
+            return AutoConfig.for_model(model_type, **fields)
+        except Exception as exc:  # noqa: BLE001 (any field the library rejects: say which, in one line)
+            detail = " ".join(str(exc).split())
+            raise ValueError(f"this {model_type} config is not valid: {detail}") from None
     if not hasattr(model, "model_type") or not hasattr(model, "to_dict"):
         raise ValueError(f"expected a registry name, a dict or a transformers config, got {type(model).__name__}")
     _check_model_type(model.model_type)
@@ -164,8 +223,8 @@ def resolve_config(model: str | Mapping[str, Any] | PretrainedConfig) -> Pretrai
     return model
 
 
-def _check_model_type(model_type: str) -> None:
-    if model_type not in _NEEDED_FIELDS:
+def _check_model_type(model_type: Any) -> None:
+    if not isinstance(model_type, str) or model_type not in _NEEDED_FIELDS:
         raise ValueError(f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
 
 
@@ -288,6 +347,80 @@ def parameter_groups(model: str | Mapping[str, Any] | PretrainedConfig) -> dict[
         groups["embeddings"] = cfg.vocab_size * d
         groups["norms"] = (2 * cfg.num_hidden_layers + 1) * d  # RMSNorm: weight only
     return groups
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Every size of a model that the calculators need, resolved once from its configuration.
+
+    ``linears`` are the linear layers of one kind each (:class:`LinearLayer`, ``lm_head``
+    excluded; it is ``head``); ``sliding_window`` is the attention window of the layers that use
+    one (None when every layer attends to the whole sequence) and ``sliding_layers`` how many
+    layers do.
+
+    Example:
+        >>> s = model_shape("smollm2-135m")
+        >>> s.hidden, s.heads, s.kv_heads, s.head_dim, s.tied, s.base_params
+        (576, 9, 3, 64, True, 134515008)
+        >>> model_shape("mistral-7b").sliding_window, model_shape("llama-2-7b").sliding_window is None
+        (4096, True)
+    """
+
+    model_type: str
+    hidden: int
+    layers: int
+    vocab: int
+    tied: bool
+    linears: tuple[LinearLayer, ...]
+    head: LinearLayer
+    groups: dict[str, int]
+    intermediate: int = 0
+    heads: int = 0
+    kv_heads: int = 0
+    head_dim: int = 0
+    sliding_window: int | None = None
+    sliding_layers: int = 0
+
+    @property
+    def base_params(self) -> int:
+        """All parameters of the model (a tied output head counted once)."""
+        return sum(self.groups.values())
+
+    @property
+    def linear_weights(self) -> int:
+        """Weights of the linear layers without ``lm_head`` (what 4-bit quantization stores in 4 bits)."""
+        return sum(layer.count * layer.in_features * layer.out_features for layer in self.linears)
+
+
+def model_shape(model: str | os.PathLike | Mapping[str, Any] | PretrainedConfig) -> ModelShape:
+    """Resolve a model's configuration once into a :class:`ModelShape`.
+
+    Example:
+        >>> [l.name for l in model_shape("llama-2-7b").linears]
+        ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
+    """
+    cfg = resolve_config(model)
+    layers = linear_layers(cfg)
+    kind = cfg.model_type
+    if kind == "gpt2":
+        return ModelShape(kind, cfg.n_embd, cfg.n_layer, cfg.vocab_size, _tied(cfg), tuple(layers[:-1]), layers[-1],
+                          parameter_groups(cfg), intermediate=getattr(cfg, "n_inner", None) or 4 * cfg.n_embd,
+                          heads=cfg.n_head, kv_heads=cfg.n_head, head_dim=cfg.n_embd // cfg.n_head)
+    heads = cfg.num_attention_heads
+    window = getattr(cfg, "sliding_window", None)
+    layer_types = getattr(cfg, "layer_types", None)
+    if not window:
+        window, sliding = None, 0
+    elif layer_types:
+        sliding = sum(1 for t in layer_types if t == "sliding_attention")
+    else:
+        sliding = cfg.num_hidden_layers if kind == "mistral" else 0
+    return ModelShape(
+        kind, cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size, _tied(cfg), tuple(layers[:-1]), layers[-1],
+        parameter_groups(cfg), intermediate=cfg.intermediate_size, heads=heads,
+        kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+        sliding_window=window if sliding else None, sliding_layers=sliding)
 
 
 def _module_names(cfg: PretrainedConfig) -> list[str]:
@@ -413,13 +546,13 @@ def dtype_bytes(dtype: str) -> int:
     return DTYPE_BYTES[dtype]
 
 def format_bytes(n: int) -> str:
-    """Return a byte count in readable units (powers of 1000, as file sizes are usually shown).
+    """Return a byte count in binary units (KiB, MiB, GiB: powers of 1024), as the whole course shows them.
 
     Example:
         >>> format_bytes(9_768_960), format_bytes(512), format_bytes(13_476_831_232)
-        ('9.77 MB', '512 B', '13.48 GB')
+        ('9.32 MiB', '512 B', '12.55 GiB')
     """
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n} B"
@@ -451,14 +584,15 @@ def count_parameters(model: str | Mapping[str, Any] | PretrainedConfig, rank: in
         raise ValueError(f"rank must be a positive integer, got {rank!r}")
     cfg = resolve_config(model)
     names = resolve_targets(cfg, targets)
+    chosen = [layer for layer in linear_layers(cfg) if layer.name in names]
+    narrowest = min(chosen, key=lambda layer: min(layer.in_features, layer.out_features))
+    smallest = min(narrowest.in_features, narrowest.out_features)
+    if rank > smallest:
+        raise ValueError(f"rank {rank} is larger than {narrowest.name}'s smaller dimension "
+                         f"({narrowest.in_features} x {narrowest.out_features}); with these targets "
+                         f"the rank can be at most {smallest}")
     by_module: dict[str, int] = {}
-    for layer in linear_layers(cfg):
-        if layer.name not in names:
-            continue
-        smaller = min(layer.in_features, layer.out_features)
-        if rank > smaller:
-            raise ValueError(f"rank {rank} is larger than {layer.name}'s smaller dimension "
-                             f"({layer.in_features} x {layer.out_features}); use a rank of at most {smaller}")
+    for layer in chosen:
         by_module[layer.name] = by_module.get(layer.name, 0) + layer.lora_parameters(rank)
     label = model if isinstance(model, str) else getattr(cfg, "name_or_path", "") or cfg.model_type
     return ParamCount(model=label, rank=rank, targets=names, base=sum(parameter_groups(cfg).values()),
@@ -484,11 +618,96 @@ def build_on_meta(model: str | Mapping[str, Any] | PretrainedConfig):
         return AutoModelForCausalLM.from_config(cfg)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m lessonlib params --model NAME --rank R --targets a,b | all-linear``.
+class CommandLineParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose errors are one line on stderr (``error: ...``) and exit status 2.
 
-    Prints the table of :meth:`ParamCount.table`; ``--list`` prints the registry. Bad input
-    prints the error and returns 2.
+    The course's commands (``params``, ``memory``, ``route``) use it, so that a bad value never
+    prints a usage block or a traceback.
+
+    Example:
+        >>> parser = CommandLineParser(prog="demo")
+        >>> _ = parser.add_argument("--rank", type=positive_int)
+        >>> parser.parse_args(["--rank", "0"])
+        Traceback (most recent call last):
+        ...
+        SystemExit: 2
+    """
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def positive_int(text: str) -> int:
+    """Parse a command-line value that must be a whole number of at least 1.
+
+    Example:
+        >>> positive_int("16")
+        16
+        >>> positive_int("1e9")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: must be a whole number of at least 1, got '1e9'
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """Parse a command-line value that must be a finite number above 0 (e.g. a GPU's memory).
+
+    Example:
+        >>> positive_number("24")
+        24.0
+        >>> positive_number("inf")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: must be a finite number above 0, got 'inf'
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
+    return value
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None, command: Any) -> int:
+    """Parse ``argv`` and call ``command(args)``; a ``ValueError`` becomes one line on stderr and status 2.
+
+    Example:
+        >>> def fail(args):
+        ...     raise ValueError("rank is too large")
+        >>> run_command(CommandLineParser(prog="demo"), [], fail)
+        2
+    """
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad value (2, already reported in one line)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return command(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+MODEL_HELP = "a registry name (see `python -m lessonlib params --list`), or a config.json file or a folder holding one"
+"""Help text of the ``--model`` option shared by the commands."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m lessonlib params --model NAME|PATH --rank R --targets a,b | all-linear``.
+
+    Prints the table of :meth:`ParamCount.table`; ``--list`` prints the registry. ``--model``
+    also takes a ``config.json`` file or a folder holding one. Bad input prints one line on
+    stderr and returns 2.
 
     Example:
         >>> main(["--model", "llama-2-7b", "--rank", "8"])  # doctest: +ELLIPSIS
@@ -498,25 +717,23 @@ def main(argv: list[str] | None = None) -> int:
         ...
         0
     """
-    parser = argparse.ArgumentParser(prog="python -m lessonlib params",
-                                     description="Parameter counts for LoRA on a model (computed from its config).")
-    parser.add_argument("--model", default="smollm2-135m", help="a registry name (see --list); default smollm2-135m")
-    parser.add_argument("--rank", "-r", type=int, default=8, help="LoRA rank r (default 8)")
+    parser = CommandLineParser(prog="python -m lessonlib params",
+                               description="Parameter counts for LoRA on a model (computed from its config).")
+    parser.add_argument("--model", default="smollm2-135m", help=MODEL_HELP + "; default smollm2-135m")
+    parser.add_argument("--rank", "-r", type=positive_int, default=8, help="LoRA rank r (default 8)")
     parser.add_argument("--targets", default=None,
                         help="comma-separated module names, or all-linear (default q_proj,v_proj; c_attn for gpt2)")
     parser.add_argument("--list", action="store_true", help="list the models in the registry and exit")
-    args = parser.parse_args(argv)
-    if args.list:
-        for name in registry_names():
-            print(name)
+
+    def command(args: argparse.Namespace) -> int:
+        if args.list:
+            for name in registry_names():
+                print(name)
+            return 0
+        print(count_parameters(args.model, args.rank, args.targets).table())
         return 0
-    try:
-        count = count_parameters(args.model, args.rank, args.targets)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(count.table())
-    return 0
+
+    return run_command(parser, argv, command)
 
 
 if __name__ == "__main__":

@@ -39,3 +39,27 @@ def test_execute_says_clearly_what_is_wrong(tmp_path):
 def test_unknown_command_is_a_usage_error():
     result = run("frobnicate")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+# --- params, memory and route through `python -m lessonlib`: one line and status 2 for bad values ---
+
+
+def test_memory_json_for_scripts():
+    import json
+
+    result = run("memory", "--model", "llama-2-7b", "--method", "full", "--precision", "amp-bf16", "--json")
+    assert result.returncode == 0, result.stderr
+    parts = json.loads(result.stdout)["bytes"]
+    assert (parts["trainable_weights"] + parts["gradients"] + parts["optimizer_state"]) / 6_738_415_616 >= 16
+
+
+def test_bad_values_on_the_command_line_are_one_line_without_traceback(tmp_path):
+    (tmp_path / "config.json").write_text("not json")
+    cases = [("memory", "--gpu-gb", "inf"), ("route", "--gpu-gb", "0"), ("route", "--gpu-gb", "nan"),
+             ("params", "--rank", "abc"), ("memory", "--rank", "1e9"), ("memory", "--model", str(tmp_path)),
+             ("route", "--gpu-gb", "12", "--model", str(tmp_path / "nowhere")), ("params", "--model", "nope")]
+    for args in cases:
+        result = run(*args)
+        assert result.returncode == 2, args
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), (args, result.stderr)
+        assert "Traceback" not in result.stderr and result.stdout == "", args

@@ -4,35 +4,45 @@ from __future__ import annotations
 
 import pytest
 
-from lessonlib.memory import GB, MemoryBreakdown, estimate_training_memory
+from lessonlib.memory import GiB, MemoryBreakdown, estimate_training_memory
 from lessonlib.memory_calculator import RESULT_CLASS, draw_breakdowns, memory_calculator
 
 
-def test_bars_stack_every_component_in_gb():
+def test_bars_stack_every_component_in_gib_with_the_runtime_on_top():
     from matplotlib.figure import Figure
 
     ax = Figure().subplots()
-    parts = MemoryBreakdown(frozen_weights=2 * GB, gradients=GB, activations=GB // 2)
+    parts = MemoryBreakdown(frozen_weights=2 * GiB, gradients=GiB, activations=GiB // 2, runtime=GiB // 4)
     draw_breakdowns(ax, {"x": parts}, gpu_memory_gb=4)
     tops = [float(p.get_y() + p.get_height()) for p in ax.patches]
-    assert max(tops) == pytest.approx(parts.total_gb)
+    assert max(tops) == pytest.approx(parts.total_gib)
+    runtime_bar = [p for p in ax.patches if p.get_hatch()]
+    assert len(runtime_bar) == 1 and runtime_bar[0].get_height() == pytest.approx(0.25)
     assert [float(y) for y in ax.lines[0].get_ydata()] == [4.0, 4.0]
+    assert ax.get_ylabel() == "GiB"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "CUDA runtime" in labels and "quantization state" not in labels  # zero everywhere: no legend entry
 
 
 def test_calculator_follows_its_widgets():
     calc = memory_calculator(gpu_gb=12, model="llama-2-7b", method="lora", seq=512, rank=16)
     assert RESULT_CLASS in calc.result._dom_classes
     lora = estimate_training_memory("llama-2-7b", "lora", seq=512, rank=16)
-    assert calc.result_text() == f"lora: {lora.total_gb:.1f} GB of 12 GB: does not fit"
+    assert calc.result_text() == f"lora: {lora.total_gib:.1f} GiB of 12 GiB: does not fit"
     calc.method.value = "qlora"
     assert calc.result_text().endswith(": fits")
     calc.checkpointing.value = True
     ckpt = estimate_training_memory("llama-2-7b", "qlora", seq=512, rank=16, gradient_checkpointing=True)
     assert calc.estimates["qlora"].total == ckpt.total
+    calc.precision.value = "fp32"
+    fp32 = estimate_training_memory("llama-2-7b", "qlora", seq=512, rank=16, gradient_checkpointing=True,
+                                    precision="fp32")
+    assert calc.estimates["qlora"].total == fp32.total != ckpt.total
     assert bytes(calc.chart.value).startswith(b"\x89PNG")
-    descriptions = {w.description for w in (calc.gpu_gb, calc.model, calc.method, calc.rank, calc.batch, calc.seq,
-                                            calc.checkpointing)}
-    assert descriptions == {"GPU (GB)", "model", "method", "rank", "batch", "seq length", "grad. checkpointing"}
+    descriptions = {w.description for w in (calc.gpu_gb, calc.model, calc.method, calc.precision, calc.rank,
+                                            calc.batch, calc.seq, calc.checkpointing)}
+    assert descriptions == {"GPU (GiB)", "model", "method", "precision", "rank", "batch", "seq length",
+                            "grad. checkpointing"}
 
 
 def test_calculator_shows_errors_instead_of_failing():
@@ -44,6 +54,7 @@ def test_calculator_shows_errors_instead_of_failing():
 
 @pytest.mark.parametrize("kwargs, message", [(dict(model="gpt2"), "not among the offered models"),
                                              (dict(method="prefix"), "unknown method"),
+                                             (dict(precision="fp8"), "unknown precision"),
                                              (dict(seq=1000), "seq must be one of"),
                                              (dict(batch=0), "batch must be an integer from 1 to 64"),
                                              (dict(gpu_gb=0), "gpu_gb must be a number")])

@@ -18,6 +18,7 @@ from lessonlib.params import (  # noqa: E402
     build_on_meta,
     count_parameters,
     linear_layers,
+    model_shape,
     parameter_groups,
     registry_names,
     resolve_config,
@@ -122,10 +123,14 @@ def test_gqa_makes_k_and_v_smaller():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: count_parameters("llama-9b"), "the registry has: smollm2-135m"),
+        (lambda: count_parameters("llama-9b"), "not a registry name \\(smollm2-135m"),
         (lambda: count_parameters("llama-2-7b", 0), "rank must be a positive integer"),
         (lambda: count_parameters("llama-2-7b", 2.5), "rank must be a positive integer"),
         (lambda: count_parameters("smollm2-135m", 200, ("k_proj",)), "larger than k_proj's smaller dimension"),
+        (lambda: resolve_config({"model_type": 7}), "not supported"),
+        (lambda: resolve_config({"model_type": "llama", "hidden_size": 64, "intermediate_size": 64,
+                                 "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 10,
+                                 "rope_parameters": "oops"}), "config is not valid|rope"),
         (lambda: count_parameters("phi-3-mini", 8, ("q_proj",)), "its linear modules are: qkv_proj"),
         (lambda: count_parameters("gpt2", 8, ()), "at least one module"),
         (lambda: resolve_config({"model_type": "llama", "hidden_size": 8}), "missing 'intermediate_size'"),
@@ -159,5 +164,87 @@ def test_cli_prints_the_table_of_the_issue_example():
 def test_cli_reports_bad_input_and_lists_the_registry():
     result = cli("--model", "nope")
     assert result.returncode == 2 and "unknown model 'nope'" in result.stderr
+    assert "dict" not in result.stderr and "config.json" in result.stderr  # what a terminal user can give
     listed = cli("--list")
     assert listed.returncode == 0 and listed.stdout.split() == registry_names()
+
+
+def test_rank_message_names_the_layer_that_limits_the_rank():
+    # all-linear on SmolLM2: k_proj and v_proj (576 -> 192) limit the rank, not the first layer listed
+    with pytest.raises(ValueError, match=r"k_proj's smaller dimension \(576 x 192\); with these targets the rank "
+                                         r"can be at most 192"):
+        count_parameters("smollm2-135m", 500, "all-linear")
+    assert count_parameters("smollm2-135m", 192, "all-linear").trainable > 0  # the limit it names is accepted
+    with pytest.raises(ValueError, match="at most 192"):
+        count_parameters("smollm2-135m", 193, "all-linear")
+
+
+def test_a_config_json_file_or_folder_names_a_model(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({**REGISTRY["qwen2.5-0.5b"], "architectures": ["Qwen2ForCausalLM"],
+                                                     "torch_dtype": "bfloat16"}))
+    by_folder = count_parameters(str(tmp_path), 8, "all-linear")
+    by_file = count_parameters(tmp_path / "config.json", 8, "all-linear")
+    by_name = count_parameters("qwen2.5-0.5b", 8, "all-linear")
+    assert by_folder.trainable == by_file.trainable == by_name.trainable
+    assert by_folder.total == by_name.total
+    shape = model_shape(tmp_path)
+    assert (shape.kv_heads, shape.head_dim, shape.sliding_window) == (2, 64, None)
+
+
+def test_model_shape_resolves_the_sizes_once():
+    s = model_shape("mistral-7b")
+    assert (s.heads, s.kv_heads, s.head_dim, s.sliding_window, s.sliding_layers) == (32, 8, 128, 4096, 32)
+    assert s.base_params == sum(parameter_groups("mistral-7b").values())
+    assert s.linear_weights == sum(l.count * l.in_features * l.out_features for l in linear_layers("mistral-7b")
+                                   if l.group != "head")
+    assert model_shape(dict(REGISTRY["mistral-7b"], sliding_window=None)).sliding_window is None
+    assert model_shape("gemma-2b").head_dim == 256
+
+
+def test_format_bytes_uses_binary_units():
+    from lessonlib.params import format_bytes
+
+    assert format_bytes(2**30) == "1.00 GiB" and format_bytes(3 * 2**20) == "3.00 MiB"
+    assert format_bytes(1536) == "1.50 KiB" and format_bytes(1023) == "1023 B"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--rank", "0"), "--rank/-r: must be a whole number of at least 1, got '0'"),
+    (("--rank", "-1"), "got '-1'"),
+    (("--rank", "abc"), "got 'abc'"),
+    (("--rank", "1e9"), "got '1e9'"),
+    (("--rank", "1000000000"), "with these targets the rank can be at most 192"),
+    (("--model", "no/such/dir/"), "no such file or folder"),
+    (("--model", "nope.json"), "no such file or folder"),
+])
+def test_cli_bad_values_are_one_line_with_status_2(args, message):
+    result = cli(*args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_hostile_model_paths(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text('{"model_type": "bert", "hidden_size": 8}')
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    for path, message in [(empty, "holds no config.json"), (bad, "is not a readable JSON file"),
+                          (bert, "model_type 'bert' is not supported; supported: gemma, gpt2"),
+                          (listed, "does not hold a JSON object")]:
+        result = cli("--model", str(path))
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    ok = tmp_path / "mine"
+    ok.mkdir()
+    (ok / "config.json").write_text('{"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, '
+                                    '"num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100}')
+    result = cli("--model", str(ok), "--rank", "4")
+    assert result.returncode == 0 and "trainable" in result.stdout

@@ -64,3 +64,25 @@ def test_every_format_is_accepted():
 def test_bad_input_is_a_clear_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("n", [64, 1000, 64 * 256 + 3, 300_000])
+@pytest.mark.parametrize("quant_type, double", [("nf4", False), ("nf4", True), ("fp4", False)])
+def test_tensor_state_and_packed_bytes_are_what_bitsandbytes_stores(n, quant_type, double):
+    x = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    packed, state = bnbf.quantize_4bit(x, blocksize=64, quant_type=quant_type, compress_statistics=double)
+    tensors = [state.absmax, state.code] + ([state.offset.reshape(1), state.state2.absmax, state.state2.code]
+                                            if double else [])
+    stored = sum(t.numel() * t.element_size() for t in tensors)
+    name = "nf4-dq" if double else quant_type
+    assert q.tensor_state_bytes(n, name) == stored
+    assert q.packed_bytes(n) == packed.numel() * packed.element_size()
+
+
+def test_vocabulary_is_shared():
+    from lessonlib import memory, models, params
+
+    assert models.QUANTIZATIONS == q.QUANTIZATIONS and memory.QUANTIZATIONS == q.FOUR_BIT
+    assert params.DTYPE_BYTES is q.DTYPE_BYTES and tuple(memory.DTYPES) == q.DTYPES
+    with pytest.raises(ValueError, match="unknown 4-bit quantization 'none'"):
+        q.tensor_state_bytes(10, "none")
