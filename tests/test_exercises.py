@@ -142,7 +142,8 @@ def test_generator_cli_builds_and_detects_stale_or_extra_files(tmp_path):
     assert cli("check").returncode == 1                       # missing
     assert cli("build").returncode == 0
     generated = json.loads((student / "09_x.ipynb").read_text())
-    assert "".join(generated["cells"][1]["source"]) == 'raise NotImplementedError("q1: write your answer here")'
+    assert "".join(generated["cells"][0]["source"]) == notebooks.colab_link_source("exercises/09_x.ipynb")
+    assert "".join(generated["cells"][2]["source"]) == 'raise NotImplementedError("q1: write your answer here")'
     result = cli("check")
     assert result.returncode == 0 and "up to date" in result.stdout
     (student / "09_x.ipynb").write_text((student / "09_x.ipynb").read_text().replace("NotImplementedError", "Oops"))

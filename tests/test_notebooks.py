@@ -38,8 +38,13 @@ def test_stored_notebook_states_its_cpu_budget(path):
     assert isinstance(budget, int) and budget > 0
 
 
-def _write(tmp_path: Path, cells, name="nb.ipynb") -> Path:
-    nb = new_notebook(cells=cells)
+def _colab_link(tmp_path: Path, name: str):
+    return new_markdown_cell(notebooks.colab_link_source(f"{tmp_path.name}/{name}"),
+                             metadata={"lessonlib": {"generated": notebooks.COLAB_LINK_TAG}})
+
+
+def _write(tmp_path: Path, cells, name="nb.ipynb", link=True) -> Path:
+    nb = new_notebook(cells=([_colab_link(tmp_path, name)] if link else []) + cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = tmp_path / name
     nbformat.write(nb, path)
@@ -54,6 +59,25 @@ def _setup_cell(executed=True):
 def test_a_clean_notebook_has_no_problems(tmp_path):
     cell = new_code_cell("print(1)", execution_count=2, outputs=[new_output("stream", name="stdout", text="1\n")])
     assert notebooks.problems(_write(tmp_path, [new_markdown_cell("# t"), _setup_cell(), cell])) == []
+
+
+def test_a_missing_or_stale_colab_link_is_a_problem_and_sync_fixes_it(tmp_path, monkeypatch):
+    path = _write(tmp_path, [new_markdown_cell("# t"), _setup_cell()], link=False)
+    assert any("Colab link" in p for p in notebooks.problems(path))
+    assert notebooks.sync([path]) == [path] and notebooks.problems(path) == []
+    assert notebooks.sync([path]) == []
+    # the address comes from pyproject.toml: another repository makes every stored link stale
+    monkeypatch.setattr(notebooks, "repository_url", lambda: "https://github.com/someone/fork")
+    assert any("Colab link" in p for p in notebooks.problems(path))
+    assert any("Colab link" in p for p in notebooks.problems(STORED[0]))
+    assert "github/someone/fork/blob/main/" in notebooks.colab_link_source("notebooks/01_lora_increment.ipynb")
+    assert "https://github.com/someone/fork" in notebooks.setup_cell_source()
+
+
+def test_colab_links_need_a_github_repository(monkeypatch):
+    monkeypatch.setattr(notebooks, "repository_url", lambda: "https://example.org/course.git")
+    with pytest.raises(ValueError, match="must be https://github.com/OWNER/NAME"):
+        notebooks.colab_url("notebooks/01_lora_increment.ipynb")
 
 
 def test_unexecuted_cell_is_a_problem(tmp_path):
@@ -124,7 +148,7 @@ def test_execute_writes_outputs_without_timing_metadata(tmp_path):
     found = notebooks.execute([path], jobs=1)
     assert found == {"nb.ipynb": []}
     nb = json.loads(path.read_text())
-    assert "".join(nb["cells"][1]["outputs"][0]["text"]) == "42\n"
+    assert "".join(nb["cells"][2]["outputs"][0]["text"]) == "42\n"   # after the Colab link and the set-up
     assert all("execution" not in c["metadata"] for c in nb["cells"])
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lessonlib.authoring.notebooks import sync_generated_cells
 from lessonlib.requirements import REPO_ROOT
 
 KEY = "lessonlib"
@@ -196,7 +197,8 @@ def exercise_notebook(solution: Any, name: str = "") -> Any:
     Solution regions become stubs, free-response answers placeholders, hidden test cells and
     rubrics are removed, outputs and execution counts cleared. Markers stay in the metadata:
     the grader finds the student's answer cells by them. ``name`` (the exercise, ``NN_topic``) is
-    recorded in the notebook's metadata as ``lessonlib.exercise_of``.
+    recorded in the notebook's metadata as ``lessonlib.exercise_of``, and the Colab link at the
+    top then opens ``exercises/NAME.ipynb``.
 
     Example:
         >>> import nbformat
@@ -223,6 +225,7 @@ def exercise_notebook(solution: Any, name: str = "") -> Any:
     nb.cells = cells
     if name:
         nb.metadata.setdefault(KEY, {})["exercise_of"] = name
+        sync_generated_cells(nb, f"exercises/{name}.ipynb")  # its Colab link opens the student version
     return nb
 
 

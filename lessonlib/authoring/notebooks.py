@@ -42,6 +42,48 @@ REPOSITORY_ENV = "LESSONLIB_REPOSITORY"
 """Environment variable that overrides the address the set-up cell clones (e.g. a local clone)."""
 
 
+COLAB_LINK_TAG = "colab-link"
+"""``metadata.lessonlib.generated`` of the markdown cell, first in every notebook, that links to Colab."""
+
+
+def colab_url(relpath: str) -> str:
+    """Return the address that opens a notebook of the course repository in Colab.
+
+    Args:
+        relpath: the notebook's path inside the repository, e.g. ``"notebooks/01_lora_increment.ipynb"``.
+
+    Raises:
+        ValueError: the repository address in ``pyproject.toml`` is not a GitHub repository
+            (Colab opens notebooks from GitHub).
+
+    Example:
+        >>> colab_url("notebooks/01_lora_increment.ipynb")  # doctest: +ELLIPSIS
+        'https://colab.research.google.com/github/.../blob/main/notebooks/01_lora_increment.ipynb'
+    """
+    url = repository_url().rstrip("/")
+    prefix = "https://github.com/"
+    owner_repo = url[len(prefix):].removesuffix(".git") if url.startswith(prefix) else ""
+    if owner_repo.count("/") != 1:
+        raise ValueError(f"[project.urls] Repository must be https://github.com/OWNER/NAME for Colab links, got {url!r}")
+    return f"https://colab.research.google.com/github/{owner_repo}/blob/main/{relpath}"
+
+
+def colab_link_source(relpath: str) -> str:
+    """Return the markdown of the "Open in Colab" cell at the top of a notebook.
+
+    Example:
+        >>> colab_link_source("exercises/03_parameter_counts.ipynb").startswith("[Open in Colab](https://colab")
+        True
+    """
+    return (f"[Open in Colab]({colab_url(relpath)}) (the same cells on Colab's GPU; "
+            "on your own machine, `make lab` opens them)")
+
+
+def _relpath(path: Path) -> str:
+    """A stored notebook's path inside the repository: its folder's name and its own."""
+    return f"{path.parent.name}/{path.name}"
+
+
 def setup_cell_source() -> str:
     """Return the source of the first code cell that every notebook starts with.
 
@@ -140,7 +182,8 @@ def unrecognised_nbval_markers(source: str) -> list[str]:
 def problems(path: str | os.PathLike, *, generated: bool | None = None) -> list[str]:
     """Return what is wrong with a stored notebook (an empty list when it is clean).
 
-    Checked: valid JSON; not larger than :data:`MAX_NOTEBOOK_BYTES`; the first code cell is
+    Checked: valid JSON; not larger than :data:`MAX_NOTEBOOK_BYTES`; the first cell is the Colab
+    link of :func:`colab_link_source` for this notebook; the first code cell is
     :func:`setup_cell_source`; every code cell executed (unless ``generated``, for student
     versions stored without outputs); no error outputs (except cells marked
     ``NBVAL_RAISES_EXCEPTION``); no machine-specific strings in outputs.
@@ -161,7 +204,11 @@ def problems(path: str | os.PathLike, *, generated: bool | None = None) -> list[
     size = path.stat().st_size
     if size > MAX_NOTEBOOK_BYTES:
         found.append(f"{path.name}: {size / 1e6:.1f} MB is over {MAX_NOTEBOOK_BYTES / 1e6:.0f} MB (use smaller plots)")
-    code = [(i, c) for i, c in enumerate(nb.get("cells", [])) if c.get("cell_type") == "code"]
+    cells = nb.get("cells", [])
+    if not cells or not _is_colab_link(cells[0]) or "".join(cells[0].get("source", "")) != colab_link_source(_relpath(path)):
+        found.append(f"{path.name}: the first cell is not the Colab link for {_relpath(path)} "
+                     "(python -m lessonlib notebooks sync writes it from pyproject.toml)")
+    code = [(i, c) for i, c in enumerate(cells) if c.get("cell_type") == "code"]
     if not code or "".join(code[0][1].get("source", "")) != setup_cell_source():
         found.append(f"{path.name}: the first code cell is not the course set-up cell (lessonlib.authoring.notebooks.setup_cell_source)")
     leak = _machine_pattern()
@@ -192,25 +239,47 @@ def _normalise(nb) -> None:
                 output.get("metadata", {}).pop("execution", None)
 
 
-def sync_generated_cells(nb: dict) -> bool:
+def _is_colab_link(cell: dict) -> bool:
+    return ((cell.get("metadata") or {}).get("lessonlib") or {}).get("generated") == COLAB_LINK_TAG
+
+
+def sync_generated_cells(nb: dict, relpath: str) -> bool:
     """Make the cells generated from ``pyproject.toml`` current in a notebook; return True if changed.
 
-    Today that is the set-up cell (the first code cell, :func:`setup_cell_source`), whose clone
-    address comes from ``[project.urls] Repository``. Outputs are kept: nbval ignores the set-up
-    cell's output. A notebook without a code cell is left alone (:func:`problems` reports it).
+    Two cells come from ``[project.urls] Repository``: the first cell, a markdown link that opens
+    this notebook (``relpath`` in the repository) in Colab (:func:`colab_link_source`), inserted
+    when missing; and the set-up cell, the first code cell (:func:`setup_cell_source`). Outputs are
+    kept: nbval ignores the set-up cell's output. A notebook without a code cell gets no set-up
+    cell (:func:`problems` reports it).
 
     Example:
-        >>> nb = {"cells": [{"cell_type": "code", "source": "print(1)", "outputs": []}]}
-        >>> sync_generated_cells(nb), nb["cells"][0]["source"] == setup_cell_source()
+        >>> nb = {"cells": [{"cell_type": "code", "source": "print(1)", "outputs": [], "metadata": {}}]}
+        >>> sync_generated_cells(nb, "notebooks/x.ipynb"), nb["cells"][1]["source"] == setup_cell_source()
         (True, True)
-        >>> sync_generated_cells(nb)
+        >>> nb["cells"][0]["source"] == colab_link_source("notebooks/x.ipynb")
+        True
+        >>> sync_generated_cells(nb, "notebooks/x.ipynb")
         False
     """
-    code = [cell for cell in nb.get("cells", []) if cell.get("cell_type") == "code"]
-    if not code or "".join(code[0].get("source", "")) == setup_cell_source():
-        return False
-    code[0]["source"] = setup_cell_source()
-    return True
+    changed = False
+    cells = nb.setdefault("cells", [])
+    link = colab_link_source(relpath)
+    if not cells or not _is_colab_link(cells[0]):
+        import uuid
+
+        from nbformat import from_dict
+
+        cells.insert(0, from_dict({"cell_type": "markdown", "id": uuid.uuid5(uuid.NAMESPACE_URL, relpath).hex[:8],
+                                   "metadata": {"lessonlib": {"generated": COLAB_LINK_TAG}}, "source": link}))
+        changed = True
+    elif "".join(cells[0].get("source", "")) != link:
+        cells[0]["source"] = link
+        changed = True
+    code = [cell for cell in cells if cell.get("cell_type") == "code"]
+    if code and "".join(code[0].get("source", "")) != setup_cell_source():
+        code[0]["source"] = setup_cell_source()
+        changed = True
+    return changed
 
 
 def sync(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -225,7 +294,7 @@ def sync(paths: Iterable[str | os.PathLike]) -> list[Path]:
     changed = []
     for path in map(Path, paths):
         nb = nbformat.read(path, as_version=4)
-        if sync_generated_cells(nb):
+        if sync_generated_cells(nb, _relpath(path.resolve())):
             nbformat.write(nb, path)
             changed.append(path)
     return changed
@@ -249,7 +318,7 @@ def execute_one(path: str | os.PathLike, timeout: int = 900) -> list[str]:
 
     path = Path(path).resolve()
     nb = nbformat.read(path, as_version=4)
-    sync_generated_cells(nb)
+    sync_generated_cells(nb, _relpath(path))
     client = NotebookClient(
         nb,
         timeout=timeout,
