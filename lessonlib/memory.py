@@ -541,8 +541,8 @@ def recipe(precision: str = DEFAULT_PRECISION, *, adapter_dtype: str = "fp32",
            compute_dtype: str | None = None) -> Recipe:
     """Return the dtypes of a precision recipe (see :class:`Recipe` and :data:`PRECISIONS`).
 
-    ``adapter_dtype`` is LoRA's A and B under a pure 16-bit recipe (``peft`` up-casts them to
-    fp32 by default); under ``fp32`` and the mixed recipes they are fp32. ``compute_dtype``
+    ``adapter_dtype`` is LoRA's A and B (``peft`` up-casts 16-bit adapters to fp32 by default;
+    some scripts cast them back to 16 bits); under ``fp32`` they are fp32. ``compute_dtype``
     overrides QLoRA's compute dtype (default: the recipe's 16-bit type, fp32 under ``fp32``).
 
     Example:
@@ -561,7 +561,7 @@ def recipe(precision: str = DEFAULT_PRECISION, *, adapter_dtype: str = "fp32",
         return Recipe(precision, None, "fp32", "fp32", "fp32", compute_dtype or "fp32")
     half = precision.removeprefix("amp-")
     if precision.startswith("amp-"):
-        return Recipe(precision, half, "fp32", half, "fp32", compute_dtype or half)
+        return Recipe(precision, half, "fp32", half, adapter_dtype, compute_dtype or half)
     return Recipe(precision, None, half, half, adapter_dtype, compute_dtype or half)
 
 
@@ -1037,7 +1037,7 @@ def estimate_training_memory(
         padded: the batch has padding (an attention mask that is not all ones).
         lora_dropout: LoRA's dropout; above 0 it keeps a dropped copy of each input and its mask.
         prepare_kbit: QLoRA only: whether ``prepare_model_for_kbit_training`` up-casts to fp32.
-        adapter_dtype: LoRA's A and B under a pure 16-bit recipe (``peft`` default: fp32).
+        adapter_dtype: LoRA's A and B (``peft`` default: fp32; ignored under ``fp32``).
         device: ``"cuda"`` (default: a GPU, runtime included) or ``"cpu"`` (what this machine measures).
         input_grads: whether the frozen embeddings' output requires a gradient (see above).
         dtype: older name of ``precision`` (``"fp32"``, ``"bf16"`` or ``"fp16"``: the pure recipes).
