@@ -257,6 +257,20 @@ def test_8bit_adamw_state_is_two_bytes_per_weight_plus_scales():
     assert full["paged-adamw"].optimizer_state == 8 * n < full["adamw"].optimizer_state  # no step tensors
 
 
+@pytest.mark.parametrize("precision", ["amp-bf16", "bf16"])
+def test_16_bit_adapters(precision):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=RANK, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    model = get_peft_model(_base(TINY, "bf16"), lora, autocast_adapter_dtype=False).train()  # A and B stay bf16
+    measured = memory.measure_training_step(model, _batch(TINY, 2, 16), _optimizer(model, "adamw"),
+                                            autocast=memory.recipe(precision).autocast)
+    estimated = memory.estimate_training_memory(TINY, "lora", batch=2, seq=16, rank=RANK, precision=precision,
+                                                adapter_dtype="bf16", device="cpu")
+    _assert_equal(measured, estimated)
+    assert measured.weight_copies == 0  # nothing to cast: base and adapters are already bf16
+
+
 @pytest.mark.parametrize("quantization", ["nf4", "fp4"])
 def test_other_4bit_formats(saved_models, quantization):
     measured, estimated = _measure_and_estimate(saved_models, TINY, "qlora", "amp-bf16", quantization=quantization)
@@ -410,3 +424,35 @@ def test_cli_takes_a_config_file_and_huge_sizes(tmp_path, capsys):
     assert from_file == memory.estimate_training_memory(MISTRAL, "lora", rank=4, seq=64, precision="amp-bf16").total
     assert memory.main(["--model", "llama-2-7b", "--batch", "100000", "--seq", "1000000", "--gpu-gb", "80"]) == 0
     assert "does not fit in 80 GiB" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# The prepared GPU script (benchmarks/gpu_memory.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def _gpu_script(*args: str):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_memory.py"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present: the script would measure")
+def test_gpu_script_skips_cleanly_without_cuda():
+    result = _gpu_script()
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.count("\n") == 1 and result.stdout.startswith("No CUDA GPU here")
+
+
+def test_gpu_script_runs_its_code_on_a_cpu_with_a_tiny_model():
+    result = _gpu_script("--smoke")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("tiny llama")]
+    assert [row.split()[3] for row in rows] == ["full", "lora", "qlora"]
+    for row in rows:  # the two largest differences between measurement and estimate: none on a CPU
+        largest = [float(part.split()[-1]) for part in row.rsplit("  ", 1)[-1].split(",")]
+        assert largest == [0.0, 0.0], row
+    assert _gpu_script("--bogus").returncode == 2
