@@ -1,10 +1,12 @@
-"""Benchmark: grade 30 submissions of one exercise and print the wall time, per number of jobs.
+"""Benchmark: grade 30 submissions of one exercise in the sandbox and without, side by side.
 
 The submissions are made from the real exercise and its solution in a temporary folder: a third
 answered perfectly, a third handed in blank, a third with one wrong answer. Each is graded the way
-``python -m lessonlib grade`` does it (its own process and kernel, so most of the time per
-submission is starting Python, a kernel and torch). Compare ``--jobs 1 2`` to see the parallel gain.
-Run: .venv/bin/python benchmarks/grading.py [--exercise 01_lora_increment] [--count 30] [--jobs 1 2]
+``python -m lessonlib grade`` does it (its own process and kernel; most of the time per
+submission is starting Python, a kernel and torch), once in the bubblewrap sandbox and once with
+``--no-sandbox``, with the same number of jobs. The target: 30 submissions in at most 90 s on
+2 cores, sandboxed.
+Run: .venv/bin/python benchmarks/grading.py [--exercise 01_lora_increment] [--count 30] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pathlib import Path
 
 from lessonlib.authoring.exercises import marker, questions
 from lessonlib.authoring.grading import grade
+from lessonlib.authoring.sandbox import sandbox_problem
 
 REPO = Path(__file__).resolve().parent.parent
+TARGET_S = 90
 
 
 def make_submissions(folder: Path, exercise: str, count: int) -> dict[str, Path]:
@@ -49,20 +53,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exercise", default="01_lora_increment")
     parser.add_argument("--count", type=int, default=30)
-    parser.add_argument("--jobs", type=int, nargs="+", default=[2])
+    parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
     source = REPO / "solutions" / f"{args.exercise}.ipynb"
-    print(f"grading {args.count} submissions of {args.exercise} on {os.cpu_count()} CPU core(s)")
-    print(f"{'jobs':>4} | {'wall time':>9} | {'per submission':>14} | statuses")
+    problem = sandbox_problem()
+    modes = [("sandbox", True), ("no sandbox", False)] if problem is None else [("no sandbox", False)]
+    if problem is not None:
+        print(f"(no sandbox on this machine: {problem}; timing the unsandboxed run only)")
+    print(f"grading {args.count} submissions of {args.exercise} with {args.jobs} jobs on {os.cpu_count()} CPU core(s), "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}")
+    print(f"{'mode':>10} | {'wall time':>9} | {'per submission':>14} | {'target':>7} | statuses")
     with tempfile.TemporaryDirectory() as folder:
         submissions = make_submissions(Path(folder), args.exercise, args.count)
-        for jobs in args.jobs:
+        for name, sandboxed in modes:
             start = time.perf_counter()
-            results = grade(submissions, source, jobs=jobs, timeout=args.timeout, progress=False)
+            results = grade(submissions, source, jobs=args.jobs, timeout=args.timeout, progress=False,
+                            sandboxed=sandboxed)
             wall = time.perf_counter() - start
             statuses = ", ".join(f"{n} {s}" for s, n in Counter(r.status for r in results).items())
-            print(f"{jobs:>4} | {wall:8.1f}s | {wall / len(results):13.2f}s | {statuses}")
+            target = f"{TARGET_S} s" if sandboxed else ""
+            print(f"{name:>10} | {wall:8.1f}s | {wall / len(results):13.2f}s | {target:>7} | {statuses}")
     return 0
 
 
