@@ -70,6 +70,9 @@ def draw_breakdowns(ax: Any, breakdowns: Mapping[str, MemoryBreakdown], gpu_memo
         ax.axhline(gpu_memory_gb, color="black", linestyle="--", linewidth=1)
         ax.annotate(f"GPU {gpu_memory_gb:g} GiB", (len(names) - 0.5, gpu_memory_gb), ha="right", va="bottom",
                     fontsize=8)
+    top = max([*bottoms, gpu_memory_gb or 0.0])
+    if top > 0:
+        ax.set_ylim(0, top * 1.15)  # room for the totals above the bars
     ax.set_ylabel("GiB")
     if title:
         ax.set_title(title, fontsize=9)
