@@ -18,8 +18,9 @@ Pieces, reused by lessons 06-10:
     :func:`chat_messages`, :func:`chat_prompt`, :func:`encode`, :func:`collate` - the chat
     template, token ids with the labels masked to the answer, batches;
     :func:`to_dataset` - a ``datasets.Dataset`` in TRL's conversational prompt/completion format;
-    :func:`score` and :func:`wilson_interval` - exact match, valid-JSON rate, per-field accuracy,
-    and a confidence interval for a rate;
+    :func:`score`, :func:`wilson_interval` and :func:`paired_difference_interval` - exact match,
+    valid-JSON rate, per-field accuracy, and confidence intervals for a rate and for the
+    difference of two rates on the same examples;
     :func:`read_jsonl` - read and validate a student's own JSONL file (one clear
     :class:`DataError` naming the line).
 
@@ -77,57 +78,73 @@ def _split_off(values: Sequence[Any], every: int, seed: int) -> tuple[tuple[Any,
     return tuple(v for v in values if v not in held), tuple(v for v in values if v in held)
 
 
-_DATES_TRAIN, _DATES_HELD_OUT = _split_off([(m, d) for m in range(1, 13) for d in range(1, 29)], 3, seed=1)
-_TIMES_TRAIN, _TIMES_HELD_OUT = _split_off([f"{h}:{m:02d}" for h in range(11, 23) for m in (0, 15, 30, 45)], 3, seed=2)
-
-TRAIN_POOL = Pool(
-    templates=(
-        "Table for {people} on {date} at {time}, name {name}.",
-        "{name} here, {people} people, {date} {time} please.",
-        "Book {people} seats on {date} at {time} for {name}.",
-        "Hi, {name}: we are {people}, coming {date} around {time}.",
-        "Reservation {name}, {date}, {time}, party of {people}.",
-        "Can {name} get a table at {time} on {date}? We are {people}.",
-        "Please reserve for {name}: {people} guests, {time}, {date}.",
-        "{date} at {time}, {people} people, under {name}.",
-        "I'd like a table for {people} at {time} on {date}. My name is {name}.",
-        "Name: {name}. Guests: {people}. Date: {date}. Time: {time}.",
-        "We would love to come on {date}, {people} of us, at {time}. {name}",
-        "{name} booking {people} covers for {time}, {date}.",
-    ),
-    note_clauses=(" Note: {note}.", " Request: {note}.", " Please note: {note}.", " Extra: {note}.",
-                  " Comment: {note}."),
-    names=("Ana", "Ben", "Chloe", "Dev", "Emma", "Femi", "Gus", "Hana", "Ivan", "Jo", "Kai", "Lena", "Marc",
-           "Nina", "Omar", "Pia", "Raj", "Sara", "Tom", "Uma", "Vera", "Wei", "Yara", "Zoe", "Alba", "Bruno",
-           "Carla", "Dario", "Elif", "Felix", "Greta", "Hugo", "Ines", "Jonas", "Karin", "Luca"),
-    people=(1, 2, 3, 4, 6, 8, 10, 12),
-    dates=_DATES_TRAIN,
-    times=_TIMES_TRAIN,
-    notes=("window seat", "vegan menu", "high chair", "birthday cake", "quiet corner", "dog with us",
-           "no stairs", "near the bar", "outside table", "two kids", "late arrival", "booth please"),
+_TEMPLATES = (
+    "Table for {people} on {date} at {time}, name {name}.",
+    "{name} here, {people} people, {date} {time} please.",
+    "Book {people} seats on {date} at {time} for {name}.",
+    "Hi, {name}: we are {people}, coming {date} around {time}.",
+    "Reservation {name}, {date}, {time}, party of {people}.",
+    "Can {name} get a table at {time} on {date}? We are {people}.",
+    "Please reserve for {name}: {people} guests, {time}, {date}.",
+    "{date} at {time}, {people} people, under {name}.",
+    "I'd like a table for {people} at {time} on {date}. My name is {name}.",
+    "Name: {name}. Guests: {people}. Date: {date}. Time: {time}.",
+    "We would love to come on {date}, {people} of us, at {time}. {name}",
+    "{name} booking {people} covers for {time}, {date}.",
+    "Good morning, a table for {people} please, {date} at {time}, for {name}.",
+    "{people} guests, {date}, {time}. Booked by {name}.",
+    "Do you have a free table at {time} on {date} for {people}? Thanks, {name}",
+    "Hey! {name} and friends, {people} total, {date} about {time}.",
+    "Could I book for {date}? {time}, {people} persons, under the name {name}.",
+    "New booking: {name} / {people} pax / {date} / {time}",
+    "Dinner for {people} at {time}, {date}. It's for {name}.",
+    "{name} would like to reserve a table on {date} for {people} at {time}.",
+    "At {time} on {date} we will be {people}; the name is {name}.",
+    "Hello, this is {name}, booking for {people} on {date}, {time}.",
+    "Lunch on {date} at {time} for {people} people, please. {name}",
+    "My family of {people} wants to come {date} at {time}. Regards, {name}.",
+    "Hello! Could you hold a table for {people} on {date}, {time}? It's {name}.",
+    "{people} people at {time} on {date}, please; the booking is for {name}.",
+    "This is {name}. Is there room for {people} on {date} at {time}?",
+    "Party of {people}, {date} {time}. Contact: {name}.",
+    "Evening, {name} speaking, we want {people} places on {date} at {time}.",
+    "Put {name} down for {date}, {time}, {people} persons.",
+    "For {date} at {time}: {name}, group of {people}.",
+    "Any space on {date} around {time}? {people} of us, name's {name}.",
 )
-"""What training examples are made of."""
+_NOTE_CLAUSES = (" Note: {note}.", " Request: {note}.", " Please note: {note}.", " Extra: {note}.", " Comment: {note}.",
+                 " We need: {note}.", " (note: {note})", " PS: {note}.", " One more thing: {note}.",
+                 " Remark - {note}.", " Also: {note}.", " Special request: {note}.")
+_NAMES = ("Ana", "Ben", "Chloe", "Dev", "Emma", "Femi", "Gus", "Hana", "Ivan", "Jo", "Kai", "Lena", "Marc", "Nina",
+          "Omar", "Pia", "Raj", "Sara", "Tom", "Uma", "Vera", "Wei", "Yara", "Zoe", "Alba", "Bruno", "Carla", "Dario",
+          "Elif", "Felix", "Greta", "Hugo", "Ines", "Jonas", "Karin", "Luca", "Mateo", "Nadia", "Oskar", "Petra",
+          "Ravi", "Selin", "Tariq", "Ulla", "Vikram", "Wanda", "Xavi", "Yusuf", "Zara", "Ayla", "Bjorn", "Cyrus",
+          "Dilan", "Enzo", "Fatima", "Goran", "Hamid", "Ilse", "Joao", "Kenji", "Aiko", "Bilal", "Cora", "Diego",
+          "Esme", "Farid", "Gwen", "Hiro", "Isla", "Jamal", "Kira", "Leo", "Mila", "Noor", "Otto", "Priya", "Quinn",
+          "Rosa")
+_NOTES = ("window seat", "vegan menu", "high chair", "birthday cake", "quiet corner", "dog with us", "no stairs",
+          "near the bar", "outside table", "two kids", "late arrival", "booth please", "shellfish allergy",
+          "round table", "pram", "lactose free", "sea view", "surprise party", "wheelchair access", "gluten free",
+          "terrace table", "anniversary", "nut allergy", "big table")
 
-HELD_OUT_POOL = Pool(
-    templates=(
-        "Hello! Could you hold a table for {people} on {date}, {time}? It's {name}.",
-        "{people} people at {time} on {date}, please; the booking is for {name}.",
-        "This is {name}. Is there room for {people} on {date} at {time}?",
-        "Party of {people}, {date} {time}. Contact: {name}.",
-        "Evening, {name} speaking, we want {people} places on {date} at {time}.",
-        "Put {name} down for {date}, {time}, {people} persons.",
-        "For {date} at {time}: {name}, group of {people}.",
-        "Any space on {date} around {time}? {people} of us, name's {name}.",
-    ),
-    note_clauses=(" Also: {note}.", " Special request: {note}."),
-    names=("Aiko", "Bilal", "Cora", "Diego", "Esme", "Farid", "Gwen", "Hiro", "Isla", "Jamal", "Kira", "Leo",
-           "Mila", "Noor", "Otto", "Priya", "Quinn", "Rosa"),
-    people=(5, 7, 9, 11),
-    dates=_DATES_HELD_OUT,
-    times=_TIMES_HELD_OUT,
-    notes=("wheelchair access", "gluten free", "terrace table", "anniversary", "nut allergy", "big table"),
-)
-"""What validation and test examples are made of: nothing in common with :data:`TRAIN_POOL`."""
+# Each pool is split once, by a fixed seed, into values for training and values held out: the two
+# parts come from the same lists (so held-out examples are no stranger than training ones), but
+# share nothing.
+_TEMPLATES_TRAIN, _TEMPLATES_HELD_OUT = _split_off(_TEMPLATES, 4, seed=3)
+_CLAUSES_TRAIN, _CLAUSES_HELD_OUT = _split_off(_NOTE_CLAUSES, 4, seed=4)
+_NAMES_TRAIN, _NAMES_HELD_OUT = _split_off(_NAMES, 4, seed=5)
+_NOTES_TRAIN, _NOTES_HELD_OUT = _split_off(_NOTES, 4, seed=6)
+_PEOPLE_TRAIN, _PEOPLE_HELD_OUT = _split_off(range(2, 14), 4, seed=7)
+_DATES_TRAIN, _DATES_HELD_OUT = _split_off([(m, d) for m in range(1, 13) for d in range(1, 29)], 4, seed=1)
+_TIMES_TRAIN, _TIMES_HELD_OUT = _split_off([f"{h}:{m:02d}" for h in range(11, 23) for m in (0, 15, 30, 45)], 4, seed=2)
+
+TRAIN_POOL = Pool(_TEMPLATES_TRAIN, _CLAUSES_TRAIN, _NAMES_TRAIN, _PEOPLE_TRAIN, _DATES_TRAIN, _TIMES_TRAIN,
+                  _NOTES_TRAIN)
+"""What training examples are made of (three quarters of every list)."""
+
+HELD_OUT_POOL = Pool(_TEMPLATES_HELD_OUT, _CLAUSES_HELD_OUT, _NAMES_HELD_OUT, _PEOPLE_HELD_OUT, _DATES_HELD_OUT,
+                     _TIMES_HELD_OUT, _NOTES_HELD_OUT)
+"""What validation and test examples are made of (the other quarter): nothing in common with :data:`TRAIN_POOL`."""
 
 NOTE_SHARE = 0.5
 """Share of bookings that carry a note."""
@@ -469,6 +486,27 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_difference_interval(a: Sequence[bool], b: Sequence[bool], resamples: int = 4000,
+                               seed: int = 0) -> tuple[float, float, float]:
+    """Return (difference, low, high): the rate of ``a`` minus the rate of ``b`` on the same examples,
+    with a 95% paired bootstrap interval (examples resampled with replacement, seeded).
+
+    When the interval holds 0, the test cannot tell the two apart: the difference is within its noise.
+
+    Example:
+        >>> a = [True] * 30 + [False] * 10; b = [True] * 20 + [False] * 20
+        >>> [round(x, 3) for x in paired_difference_interval(a, b)]
+        [0.25, 0.125, 0.4]
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need two equally long, non-empty lists of outcomes, got {len(a)} and {len(b)}")
+    rng = random.Random(seed)
+    n = len(a)
+    pairs = [int(x) - int(y) for x, y in zip(a, b)]
+    diffs = sorted(sum(pairs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    return sum(pairs) / n, diffs[int(0.025 * resamples)], diffs[int(0.975 * resamples) - 1]
 
 
 # --- the student's own data ----------------------------------------------------------------------

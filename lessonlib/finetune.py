@@ -71,7 +71,7 @@ class FinetuneArguments:
     steps: int = field(default=40, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=8, metadata={"help": "examples per micro-batch per process"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step (gradient accumulation)"})
-    lr: float = field(default=2e-3, metadata={"help": "learning rate (linear warm-up over 10%% of the steps, then constant)"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate (linear warm-up over 10%% of the steps, then linear decay)"})
     eval_steps: int = field(default=10, metadata={"help": "steps between evaluation losses (0: none during training)"})
     save_steps: int = field(default=10, metadata={"help": "steps between checkpoints"})
     score_examples: int = field(default=40, metadata={"help": "evaluation examples scored by generation at the end (0: none)"})
@@ -251,7 +251,7 @@ def sft_config(args: FinetuneArguments, has_eval: bool) -> Any:
         per_device_eval_batch_size=max(args.batch_size, 16),
         gradient_accumulation_steps=args.grad_accum,
         learning_rate=args.lr,
-        lr_scheduler_type="constant_with_warmup",
+        lr_scheduler_type="linear",               # warm-up, then linear decay (as the loop)
         warmup_steps=max(1, math.ceil(0.1 * args.steps)),
         weight_decay=0.0,
         seed=args.seed,

@@ -143,6 +143,23 @@ def batch_indices(n_examples: int, steps: int, batch_size: int, seed: int) -> li
     return [order[s * batch_size:(s + 1) * batch_size] for s in range(steps)]
 
 
+def lr_factor(step: int, steps: int) -> float:
+    """The learning rate of step ``step`` (0-based) of ``steps``, as a fraction of the peak rate.
+
+    A linear warm-up over the first 10% of the steps (at least one), then a linear decay that
+    reaches 1 / (steps - warm-up + 1) at the last step: the shape of transformers' default
+    ``"linear"`` schedule, without its first step at rate 0.
+
+    Example:
+        >>> [round(lr_factor(s, 10), 2) for s in range(10)]
+        [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
+        >>> [round(lr_factor(s, 20), 2) for s in (0, 1, 2, 19)]
+        [0.5, 1.0, 0.95, 0.05]
+    """
+    warmup = max(1, math.ceil(0.1 * steps))
+    return min((step + 1) / warmup, (steps - step) / (steps - warmup + 1))
+
+
 def keep_4bit_weights_unpacked(model: Any) -> int:
     """Switch off bitsandbytes' CPU inference repacking of 4-bit weights; return how many layers.
 
@@ -238,8 +255,8 @@ def train(
 
     Only parameters with ``requires_grad`` are optimized (all of them for full fine-tuning, the
     adapters for LoRA / QLoRA). The loss is the model's own causal-LM loss on the answer tokens
-    (:func:`lessonlib.data.encode` masks the prompt). The learning rate warms up linearly over the
-    first 10% of the steps, then stays constant. With ``val_examples``, the validation loss is
+    (:func:`lessonlib.data.encode` masks the prompt). The learning rate follows :func:`lr_factor`:
+    a linear warm-up over the first 10% of the steps, then a linear decay. With ``val_examples``, the validation loss is
     computed before the first step, every ``eval_every`` steps and after the last. The model is
     left in eval mode.
 
@@ -278,8 +295,7 @@ def train(
     encoded = [encode(tokenizer, e) for e in examples]
     plan = batch_indices(len(encoded), steps, batch_size, seed)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    warmup = max(1, math.ceil(0.1 * steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps))
 
     result = TrainResult(loss_history=[], seconds=0.0, steps=steps, batch_size=batch_size,
                          examples_seen=steps * batch_size)

@@ -175,6 +175,22 @@ def test_wilson_interval_covers_the_rate_and_shrinks_with_n():
         data.wilson_interval(3, 2)
 
 
+def test_paired_difference_interval_holds_zero_only_when_the_rates_are_close():
+    rng = random.Random(1)
+    same = [rng.random() < 0.7 for _ in range(80)]
+    d, lo, hi = data.paired_difference_interval(same, same)
+    assert (d, lo, hi) == (0, 0, 0)                      # identical outcomes: no difference at all
+    better = [True] * 70 + [False] * 10
+    worse = [True] * 40 + [False] * 40
+    d, lo, hi = data.paired_difference_interval(better, worse)
+    assert d == pytest.approx(30 / 80) and 0 < lo < d < hi
+    noisy = [rng.random() < 0.7 for _ in range(80)]
+    d, lo, hi = data.paired_difference_interval(same, noisy)
+    assert lo < d < hi and hi - lo > 0.1
+    with pytest.raises(ValueError):
+        data.paired_difference_interval([True], [True, False])
+
+
 def test_read_jsonl_accepts_both_formats(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join([
