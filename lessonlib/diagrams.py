@@ -114,18 +114,19 @@ def _dtype_name(name: str, value: Any) -> str:
     raise ValueError(f"{name} must be one of {accepted}, got {value!r}")
 
 
-def _input_shape(x: Any, d_in: int) -> tuple[str, str]:
-    """The leading dimensions of ``x`` as text (``'4'``, or ``'…'`` without x), checked against ``d_in``."""
-    if x is None:
-        return "…", "…"
-    shape = _shape("x", x, ndim=None)
-    if shape[-1] != d_in:
-        raise ValueError(f"x's last size must be the layer's input size {d_in}, got x of shape {shape}")
-    lead = " × ".join(map(str, shape[:-1])) or "1"
-    return lead, lead
+def _io_labels(x: Any, d_in: int, d_out: int) -> tuple[str, str]:
+    """The labels of the input and the output: ``x`` and ``h`` with their shapes (``…`` for unknown
+    leading sizes when ``x`` is None), ``x`` checked against ``d_in``."""
+    lead: tuple[Any, ...] = ("…",)
+    if x is not None:
+        shape = _shape("x", x, ndim=None)
+        if shape[-1] != d_in:
+            raise ValueError(f"x's last size must be the layer's input size {d_in}, got x of shape {shape}")
+        lead = shape[:-1]
+    return f"x\n{_dims(*lead, d_in)}", f"h\n{_dims(*lead, d_out)}"
 
 
-def _dims(*sizes: int) -> str:
+def _dims(*sizes: Any) -> str:
     return " × ".join(str(n) for n in sizes)
 
 
@@ -328,7 +329,7 @@ def lora_forward_diagram(W: Any, A: Any, B: Any, *, alpha: float | None = None, 
         title = ("h = base_layer(x) + lora_B(lora_A(x))" if alpha is None
                  else "h = base_layer(x) + lora_B(lora_A(x)) · α/r")
     alpha = _check_alpha(alpha)
-    lead, _ = _input_shape(x, d_in)
+    x_label, h_label = _io_labels(x, d_in, d_out)
 
     fig, ax = _canvas(ax, 10, 3.9)
     _text(ax, 5, 3.55, title, gid="title", size=12)
@@ -339,7 +340,7 @@ def lora_forward_diagram(W: Any, A: Any, B: Any, *, alpha: float | None = None, 
     _arrow(ax, (_LEFT + 4.0, _Y_TOP), (x_sum - 0.22, _Y_TOP))
     _adapter_path(ax, f"{names[1]}: {_dims(*a)}  ({meanings[1]})", f"{names[2]}: {_dims(*b)}  ({meanings[2]})",
                   alpha, r, x_sum)
-    _input_and_output(ax, f"x\n{lead} × {d_in}", f"h\n{lead} × {d_out}", x_sum, (_LEFT, _LEFT))
+    _input_and_output(ax, x_label, h_label, x_sum, (_LEFT, _LEFT))
     trained, frozen = a[0] * a[1] + b[0] * b[1], w[0] * w[1]
     _text(ax, 5, 0.22, f"trained: {names[1]} and {names[2]}, {trained:,} numbers ({100 * trained / frozen:.3g}% of "
                        f"{names[0]}'s {frozen:,}); {names[0]} stays as it is", gid="caption", size=8.5)
@@ -393,10 +394,10 @@ def qlora_forward_diagram(shape: Any, rank: int, *, alpha: float | None = None, 
         >>> labels["A"]
         'lora_A.weight: 8 × 576\\n(r × in), fp32'
         >>> plt.close(fig)
-        >>> qlora_forward_diagram((576, 576), rank=8, compute_dtype="int8")
+        >>> qlora_forward_diagram((576, 576), rank=8, compute_dtype="int8")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: compute_dtype must be one of fp32, bf16, fp16, torch.float32, torch.bfloat16, torch.float16, got 'int8'
+        ValueError: compute_dtype must be one of fp32, bf16, fp16, torch.float32, ..., got 'int8'
     """
     out_f, in_f = _shape("shape", shape)
     _check_sizes("shape", (out_f, in_f), "out × in")
@@ -409,12 +410,12 @@ def qlora_forward_diagram(shape: Any, rank: int, *, alpha: float | None = None, 
     bits = bits_per_parameter(blocksize, double_quant=double_quant, nested_blocksize=nested_blocksize)
     compute = _dtype_name("compute_dtype", compute_dtype)
     adapter = _dtype_name("adapter_dtype", adapter_dtype)
-    lead, _ = _input_shape(x, in_f)
+    x_label, h_label = _io_labels(x, in_f, out_f)
     plain_bits = {"fp32": 32, "bf16": 16, "fp16": 16}[compute]
 
     fig, ax = _canvas(ax, 10, 5.5)
-    _text(ax, 5, 5.22, "h = x @ dequantize(codes, scales).T + lora_B(lora_A(x))" + ("" if alpha is None else " · α/r"),
-          gid="title", size=12)
+    title = "h = x @ dequantize(codes, scales).T + lora_B(lora_A(x))" + ("" if alpha is None else " · α/r")
+    _text(ax, 5, 5.22, title, gid="title", size=12)
     store_w, codes_y, scales_y = 3.9, 4.32, 3.58
     _text(ax, _LEFT, codes_y + 0.52, "stored in memory: the frozen weight, in 4 bits", size=9, bold=True, ha="left")
     _box(ax, _LEFT, codes_y, store_w, 0.62, PALETTE["quantized"])
@@ -428,8 +429,8 @@ def qlora_forward_diagram(shape: Any, rank: int, *, alpha: float | None = None, 
         scales = f"absmax: one fp32 per {blocksize} weights\n(no double quantization)"
     _box(ax, _LEFT, scales_y, store_w, 0.62, PALETTE["scales"])
     _text(ax, _LEFT + store_w / 2, scales_y, scales, gid="scales", size=8.5)
-    _text(ax, _LEFT + store_w / 2, scales_y - 0.5, f"= {bits:.4g} bits per stored weight, against {plain_bits} in {compute}",
-          gid="bits", size=8.5)
+    _text(ax, _LEFT + store_w / 2, scales_y - 0.5,
+          f"= {bits:.4g} bits per stored weight, against {plain_bits} in {compute}", gid="bits", size=8.5)
 
     x_sum = 8.45
     d0, d_w, d_y, d_h = 6.0, 1.9, (codes_y + scales_y) / 2, 0.95
@@ -444,7 +445,7 @@ def qlora_forward_diagram(shape: Any, rank: int, *, alpha: float | None = None, 
     _arrow(ax, (d0 + d_w, _Y_TOP), (x_sum - 0.22, _Y_TOP))
     _adapter_path(ax, f"lora_A.weight: {_dims(r, in_f)}\n(r × in), {adapter}",
                   f"lora_B.weight: {_dims(out_f, r)}\n(out × r), {adapter}", alpha, r, x_sum)
-    _input_and_output(ax, f"x\n{lead} × {in_f}", f"h\n{lead} × {out_f}", x_sum, (d0, _LEFT))
+    _input_and_output(ax, x_label, h_label, x_sum, (d0, _LEFT))
     trained = r * (in_f + out_f)
     _text(ax, 5, 0.22, f"trained: {trained:,} adapter numbers in {adapter}; the {compute} copy of W exists only "
                        f"while its product runs", gid="caption", size=8.5)

@@ -15,7 +15,8 @@ import pytest  # noqa: E402
 
 from lessonlib.diagrams import (PALETTE, diagram_labels, lora_forward_diagram, memory_diagram,  # noqa: E402
                                 qlora_forward_diagram)
-from lessonlib.memory import COMPONENT_LABELS, COMPONENTS, GiB, MiB, MemoryBreakdown, estimate_training_memory  # noqa: E402
+from lessonlib.memory import (COMPONENT_LABELS, COMPONENTS, GiB, MiB, MemoryBreakdown,  # noqa: E402
+                              estimate_training_memory)
 from lessonlib.quantization import bits_per_parameter  # noqa: E402
 
 
@@ -91,6 +92,9 @@ def test_lora_labels_come_from_the_tensors():
     assert other["scale"] == "× α/r = 1.333\nα = 4, r = 3"
     assert "42 numbers (87.5% of W's 48)" in other["caption"]
 
+    single = diagram_labels(lora_forward_diagram((8, 6), (8, 3), (3, 6), x=torch.zeros(8)))   # one input vector
+    assert single["x"] == "x\n8" and single["h"] == "h\n6"
+
     plain = diagram_labels(lora_forward_diagram((8, 8), (8, 2), (2, 8)))          # the demo: no α/r
     assert "scale" not in plain and plain["title"] == "h = x @ W + x @ A @ B"
 
@@ -136,7 +140,8 @@ def test_lora_bad_inputs_raise_clear_errors(args, kwargs, message):
 def test_qlora_labels_follow_the_settings():
     fig = qlora_forward_diagram((1536, 576), rank=8, alpha=16, x=(2, 90, 576))
     labels = diagram_labels(fig)
-    assert labels["bits"] == f"= {bits_per_parameter(64, double_quant=True):.4g} bits per stored weight, against 16 in bf16"
+    bits = bits_per_parameter(64, double_quant=True)
+    assert labels["bits"] == f"= {bits:.4g} bits per stored weight, against 16 in bf16"
     assert labels["codes"] == "NF4 codes: 4 bits per weight\n1536 × 576 = 884,736 weights, 2 per byte"
     assert "8-bit codes" in labels["scales"] and "per 256 absmaxes" in labels["scales"]
     assert labels["A"] == "lora_A.weight: 8 × 576\n(r × in), fp32"
