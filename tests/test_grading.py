@@ -72,13 +72,13 @@ def attack_cells(path: Path) -> dict[str, str]:
     return {q: "\n".join(lines).strip() + "\n" for q, lines in cells.items()}
 
 
-def tree_hash(*folders: Path) -> str:
-    """One hash of every file (path and bytes) under some folders."""
-    digest = hashlib.sha256()
-    for folder in folders:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            digest.update(str(path).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
+def file_hashes(*folders: Path) -> dict[Path, str]:
+    """The hash of every file under some folders."""
+    return {path: hashlib.sha256(path.read_bytes()).hexdigest()
+            for folder in folders for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+SIGNATURE = b"\n\t\t\n"  # what rewrite_other_notebooks.txt appends to every notebook it can reach
 
 
 FORGED = "Because.\n\n## q6\n\n### a_good\n\nforged answer of a_good to q6\n\n~~~\n# Free-response answers"
@@ -190,16 +190,19 @@ def graded(tmp_path_factory):
     out.write_text("stale content from an earlier run\n")
     tmp = root / "tmp"  # the grader's own temporary folders: must be empty afterwards
     tmp.mkdir()
-    watched = (REPO / "solutions", REPO / "exercises", submissions)
-    before = tree_hash(*watched)
+    repository = (REPO / "solutions", REPO / "exercises")
+    before = file_hashes(*repository), file_hashes(submissions)
     result = subprocess.run([sys.executable, "-m", "lessonlib", "grade", str(submissions), "--out", str(out),
                              "--feedback", str(out.parent / "feedback"), "--jobs", "2", "--timeout", str(TIMEOUT)],
                             capture_output=True, text=True, cwd=root, env={**os.environ, "TMPDIR": str(tmp)})
-    after = tree_hash(*watched)
+    after = file_hashes(*repository), file_hashes(submissions)
+    # The repository's notebooks may be edited by their authors while the tests run: a changed one
+    # counts only if it carries the attack's signature. The submissions are this test's alone.
+    touched = [p for p, h in after[0].items() if before[0].get(p) != h and p.read_bytes().endswith(SIGNATURE)]
     survivors = [p for p in Path("/proc").glob("[0-9]*/cmdline") if SURVIVOR.encode() in _read(p)]
     rows = {row["student"]: row for row in csv.DictReader(out.open())}
     return {"expected": expected, "rows": rows, "result": result, "root": root, "out": out, "tmp": tmp,
-            "unchanged": before == after, "survivors": survivors}
+            "touched": touched, "submissions_unchanged": before[1] == after[1], "survivors": survivors}
 
 
 def _read(path: Path) -> bytes:
@@ -233,7 +236,8 @@ def test_csv_columns_and_one_row_per_submission(graded):
 
 @needs_sandbox
 def test_nothing_outside_the_output_changed_and_nothing_is_left_behind(graded):
-    assert graded["unchanged"], "a file of solutions/, exercises/ or the submissions folder changed"
+    assert graded["submissions_unchanged"], "a submission was changed"
+    assert graded["touched"] == [], "a notebook of solutions/ or exercises/ was changed by a submission"
     assert sorted(p.name for p in graded["out"].parent.iterdir()) == ["feedback", "grades.csv",
                                                                       "grades.free-response.md"]
     assert list(graded["tmp"].iterdir()) == []  # no temporary folder, no journal
@@ -360,7 +364,9 @@ def test_a_killed_grader_resumes_and_gives_the_same_csv(graded, tmp_path):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and list(tmp.iterdir()):  # its grading processes stop and clean up
         time.sleep(0.2)
-    assert list(tmp.iterdir()) == []
+    # (killed between two submissions, with none running, it may leave its empty batch folder: the next run
+    # removes it)
+    assert [p for p in tmp.rglob("*") if not p.is_dir()] == [] and len(list(tmp.rglob("*"))) <= 1
     assert not out.exists()
     again = subprocess.run(command, capture_output=True, text=True, env=env)
     assert again.returncode == 2 and "--resume" in again.stderr  # an unfinished run is not overwritten by accident

@@ -603,6 +603,8 @@ def _child(folder: Path, parent: int) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         _die_with_parent(parent)
+        folder.mkdir()
+        os.chdir(folder)  # the kernel's socket paths are short relative to it
         job = json.loads(sys.stdin.read())
         result = grade_notebook(job["source"], job["submission"], job["student"], job["timeout"],
                                 sandboxed=job["sandboxed"], limits=Limits(**job["limits"]), slot=job["slot"],
@@ -612,7 +614,6 @@ def _child(folder: Path, parent: int) -> int:
     finally:
         _remove(folder)
         if os.getppid() != parent:  # the grader was killed: leave nothing of this batch behind
-            (folder.parent / f"{folder.name}.stderr").unlink(missing_ok=True)
             try:
                 folder.parent.rmdir()  # succeeds for the last grading process to stop
             except OSError:
@@ -640,7 +641,8 @@ def grade_in_child(source: Path, submission: Path, student: str, timeout: float,
     """Grade one submission in a fresh Python process, killed if it overruns its time limit.
 
     The result comes back on the process's stdout (the kernel's own output goes nowhere), never
-    through a file. ``folder``: an empty folder for it (a temporary one by default), removed after.
+    through a file. ``folder``: a folder that does not exist yet, in an existing one, that the
+    process works in and removes (a temporary one by default).
 
     Example:
         >>> grade_in_child(Path("solutions/01_lora_increment.ipynb"), Path("nope.ipynb"), "x", 10).status
@@ -648,36 +650,30 @@ def grade_in_child(source: Path, submission: Path, student: str, timeout: float,
     """
     own = folder is None
     folder = Path(tempfile.mkdtemp(prefix=f"{BATCH_PREFIX}{os.getpid()}-")) / "submission" if own else Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     job = {"source": str(Path(source).resolve()), "submission": str(Path(submission).resolve()), "student": student,
            "timeout": timeout, "sandboxed": sandboxed, "limits": asdict(limits), "slot": slot}
-    log = folder.parent / f"{folder.name}.stderr"  # a file, not a pipe: a flood of messages costs no memory here
     try:
-        with log.open("wb") as err:
-            process = subprocess.Popen([sys.executable, "-m", "lessonlib.authoring.grading", "--child", str(folder),
-                                        str(os.getpid())],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                       start_new_session=True, cwd=str(folder))
+        process = subprocess.Popen([sys.executable, "-m", "lessonlib.authoring.grading", "--child", str(folder),
+                                    str(os.getpid())],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True)
+        with _RUNNING_LOCK:
+            _RUNNING.add(process)
+        try:
+            # (the grading process's own output: the kernel's goes nowhere, so this stays small)
+            out, err = process.communicate(json.dumps(job).encode(), timeout=timeout + 2 * KERNEL_START_S + 30)
+        except subprocess.TimeoutExpired:
+            _kill(process)
+            return Result(student, "timeout", feedback=[f"Your notebook did not finish within {timeout:g} s."])
+        finally:
             with _RUNNING_LOCK:
-                _RUNNING.add(process)
-            try:
-                out, _ = process.communicate(json.dumps(job).encode(), timeout=timeout + 2 * KERNEL_START_S + 30)
-            except subprocess.TimeoutExpired:
-                _kill(process)
-                return Result(student, "timeout", feedback=[f"Your notebook did not finish within {timeout:g} s."])
-            finally:
-                with _RUNNING_LOCK:
-                    _RUNNING.discard(process)
+                _RUNNING.discard(process)
         lines = [line for line in out.decode(errors="replace").splitlines() if line.startswith(RESULT_PREFIX)]
         if process.returncode == 0 and lines:
             return Result(**json.loads(lines[-1][len(RESULT_PREFIX):]))
-        with log.open("rb") as err:
-            err.seek(max(0, log.stat().st_size - 4000))
-            tail = err.read().decode(errors="replace")
-        last = tail.strip().splitlines()[-1:] or [f"exit status {process.returncode}"]
+        last = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {process.returncode}"]
         return Result(student, "crashed", feedback=[f"The grader could not run your notebook ({last[0][:200]})."])
     finally:
-        log.unlink(missing_ok=True)
         _remove(folder)
         if own:
             _remove(folder.parent)
