@@ -2,7 +2,8 @@
 
 The notebooks teach; this package holds what several notebooks reuse: the environment report
 (:mod:`lessonlib.env`), the course's dependency list (:mod:`lessonlib.requirements`) and the
-notebook tools (:mod:`lessonlib.notebooks`).
+authoring and grading half (:mod:`lessonlib.authoring`: notebook tools, exercises, grader), which
+no lesson imports.
 
 Importing the package is cheap: no module here imports torch, transformers or peft at import
 time; each does so inside the function that needs it.

@@ -63,3 +63,12 @@ def test_bad_values_on_the_command_line_are_one_line_without_traceback(tmp_path)
         assert result.returncode == 2, args
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), (args, result.stderr)
         assert "Traceback" not in result.stderr and result.stdout == "", args
+
+
+def test_grade_and_exercises_are_delegated_to_the_authoring_half():
+    result = run("grade", "--help")
+    assert result.returncode == 0
+    for option in ("--resume", "--no-sandbox", "--memory", "--jobs", "--timeout"):
+        assert option in result.stdout
+    result = run("exercises", "--help")
+    assert result.returncode == 0 and "build" in result.stdout
