@@ -430,6 +430,10 @@ def measure_training_step(
     frozen = [p for p in params if not p.requires_grad] + list(model.buffers())
     qstate = quant_state_tensors(model)
     saved = _SavedTensors({_storage_key(t) for t in params + frozen + qstate})
+    # Hold the weights' storages through the forward pass: a layer that replaces a weight's storage
+    # (bitsandbytes casts a 4-bit layer's bias at its first call) must not free an address that a
+    # new tensor could then take and be mistaken for a weight.
+    held = [t.untyped_storage() for t in params + frozen + qstate]
 
     cuda = any(p.is_cuda for p in params)
     if cuda:
@@ -450,6 +454,7 @@ def measure_training_step(
     activations, copies = saved.counts()
     saved.outer.clear()
     saved.frames.clear()
+    del held
 
     loss.backward()
     gradients = storage_bytes(p.grad for p in trainable)
@@ -850,20 +855,32 @@ def _trace_forward(s: Any, plan: _Plan) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------
 
 CUDA_CONTEXT_BYTES = 512 * MiB
-"""The CUDA context (driver state and the kernels loaded for the process), outside PyTorch's
-allocator: between about 300 MiB and 1 GiB depending on the GPU, the driver and whether CUDA loads
-kernels lazily (the default since CUDA 11.7 and PyTorch 2.0). See :func:`runtime_memory`."""
+"""The CUDA context: the driver's state and the kernels loaded for the process, outside PyTorch's
+allocator (``nvidia-smi`` counts it, ``torch.cuda.memory_allocated`` does not). Reported sizes:
+1,343 MB on a V100 with CUDA 11.2 and eager kernel loading ("Model training anatomy",
+https://huggingface.co/docs/transformers/model_memory_anatomy ); 287,047,680 bytes right after
+start with lazy loading against 666,632,192 without (PyTorch pull request #86509, which made
+``CUDA_MODULE_LOADING=LAZY`` PyTorch's default in 1.13, https://github.com/pytorch/pytorch/pull/86509 );
+lazy loading is the driver's default on Linux since CUDA 12.2 (NVIDIA, CUDA C++ Programming Guide,
+"Lazy Loading"). A training run loads more kernels than an empty start (cuBLAS, attention, the
+optimizer), so 512 MiB is planned; ``benchmarks/gpu_memory.py`` measures it on a GPU."""
 
 WORKSPACE_BYTES = 64 * MiB
-"""cuBLAS / cuBLASLt workspaces that PyTorch allocates through its caching allocator (32 MiB per
-handle on Hopper GPUs, about 8 MiB before), rounded up for a second stream."""
+"""cuBLAS and cuBLASLt workspaces, allocated through PyTorch's caching allocator (so they count in
+``max_memory_allocated``): 8,519,680 bytes of cuBLAS workspace by default (reported on the PyTorch
+forum, https://discuss.pytorch.org/t/178671 ), and a cuBLASLt workspace of 1 MiB, 4 MiB on large
+Ampere GPUs and 32 MiB on Hopper (PyTorch pull request #120925,
+https://github.com/pytorch/pytorch/pull/120925 ), per handle and stream; 64 MiB covers a Hopper GPU
+with a second stream."""
 
 ALLOCATOR_SLACK = 0.10
 """Share of the memory that every step frees and allocates again (activations, autocast copies,
 gradients, backward temporaries) that PyTorch's caching allocator keeps reserved on top of what is
-allocated: cached free blocks, rounding up to 2 MiB segments, fragmentation. A planning figure (the
-gap between ``max_memory_reserved`` and ``max_memory_allocated``); ``benchmarks/gpu_memory.py``
-measures it on a GPU."""
+allocated: freed blocks stay cached, sizes are rounded up (to 512 bytes, large blocks to 2 MiB
+segments) and free space fragments ("CUDA semantics, memory management",
+https://docs.pytorch.org/docs/stable/notes/cuda.html#memory-management ). A planning figure for the
+gap between ``max_memory_reserved`` and ``max_memory_allocated``, not a measurement;
+``benchmarks/gpu_memory.py`` measures it on a GPU."""
 
 
 def runtime_memory(m: MemoryBreakdown, *, tokens: int, vocab: int) -> dict[str, int]:
@@ -968,7 +985,7 @@ def estimate_training_memory(
     lora_dropout: float = 0.0,
     prepare_kbit: bool = True,
     adapter_dtype: str = "fp32",
-    device: str = "cuda",
+    device: str | None = None,
     input_grads: bool | None = None,
     dtype: str | None = None,
 ) -> MemoryBreakdown:
@@ -1038,9 +1055,11 @@ def estimate_training_memory(
         lora_dropout: LoRA's dropout; above 0 it keeps a dropped copy of each input and its mask.
         prepare_kbit: QLoRA only: whether ``prepare_model_for_kbit_training`` up-casts to fp32.
         adapter_dtype: LoRA's A and B (``peft`` default: fp32; ignored under ``fp32``).
-        device: ``"cuda"`` (default: a GPU, runtime included) or ``"cpu"`` (what this machine measures).
+        device: ``"cuda"`` (the default: a GPU, runtime included) or ``"cpu"`` (what a CPU step holds).
         input_grads: whether the frozen embeddings' output requires a gradient (see above).
-        dtype: older name of ``precision`` (``"fp32"``, ``"bf16"`` or ``"fp16"``: the pure recipes).
+        dtype: older name of ``precision`` (``"fp32"``, ``"bf16"`` or ``"fp16"``: the pure recipes), kept
+            for older notebooks: with it and no ``device``, the estimate leaves the CUDA runtime out,
+            as it used to.
 
     Raises:
         ValueError: a non-positive size, an unknown method / precision / optimizer /
@@ -1068,6 +1087,8 @@ def estimate_training_memory(
         if precision is not None:
             raise ValueError("give precision or its older name dtype, not both")
         precision = _check_choice("dtype", dtype, DTYPES)
+        device = "cpu" if device is None else device
+    device = "cuda" if device is None else device
     precision = DEFAULT_PRECISION if precision is None else precision
     r = recipe(precision, adapter_dtype=adapter_dtype, compute_dtype=compute_dtype)
     _check_choice("optimizer", optimizer, OPTIMIZERS)

@@ -369,10 +369,11 @@ def test_bad_input_says_what_is_accepted(kwargs, message):
         memory.estimate_training_memory("smollm2-135m", **kwargs)
 
 
-def test_older_dtype_keyword_is_the_pure_recipe():
-    old = memory.estimate_training_memory("smollm2-135m", "full", dtype="bf16", device="cpu")
+def test_older_dtype_keyword_is_the_pure_recipe_without_runtime():
+    old = memory.estimate_training_memory("smollm2-135m", "full", dtype="bf16")
     new = memory.estimate_training_memory("smollm2-135m", "full", precision="bf16", device="cpu")
-    assert old.as_dict() == new.as_dict()
+    assert old.as_dict() == new.as_dict() and old.runtime == 0
+    assert memory.estimate_training_memory("smollm2-135m", "full", dtype="bf16", device="cuda").runtime > 0
 
 
 def test_unsupported_architecture_is_refused():

@@ -80,7 +80,8 @@ def test_cli(capsys):
     ([], "the following arguments are required: --gpu-gb"),
     (["--gpu-gb", "12", "--model", "no-such-model"], "unknown model 'no-such-model': not a registry name"),
     (["--gpu-gb", "12", "--rank", "0"], "--rank: must be a whole number of at least 1, got '0'"),
-    (["--gpu-gb", "12", "--rank", "5000"], "q_proj's smaller dimension (4096 x 4096); with these targets the rank can be at most 4096"),
+    (["--gpu-gb", "12", "--rank", "5000"],
+     "q_proj's smaller dimension (4096 x 4096); with these targets the rank can be at most 4096"),
     (["--gpu-gb", "12", "--reserve-gb", "12"], "reserve_gb must be at least 0 and below gpu_memory_gb"),
 ])
 def test_cli_bad_values_get_one_line_and_status_2(capsys, args, message):
