@@ -45,6 +45,7 @@ def test_honest_answers_raise_no_flag(path):
     ("torch.allclose = lambda *a, **k: True", "monkeypatch"),
     ("setattr(torch, 'allclose', None)", "monkeypatch"),
     ("__lessonlib_guard__ = None", "guard"),
+    ("def __lessonlib_guard__(*args):\n    return ''", "guard"),
 ])
 def test_each_kind_of_reach_is_flagged(code, category):
     found = code_flags(code, {"torch"})

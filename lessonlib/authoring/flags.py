@@ -133,6 +133,8 @@ def code_flags(code: str, modules: frozenset[str] | set[str] = frozenset()) -> l
             if node.attr.startswith("__") and node.attr.endswith("__") and node.attr not in ORDINARY_DUNDERS:
                 flag("dunder", node.attr)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name in NAMES:
+                flag(NAMES[node.name], node.name)
             if node.name.startswith("__") and node.name.endswith("__") and node.name not in ORDINARY_DUNDERS:
                 flag("dunder", node.name)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):

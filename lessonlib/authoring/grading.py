@@ -482,8 +482,10 @@ def run_plan(steps: list[Step], timeout: float, folder: str | os.PathLike, *, sa
                 answer = reply.get("user_expressions", {}).get("r", {})
                 try:
                     text = ast.literal_eval(answer["data"]["text/plain"])
+                    if not isinstance(text, str):
+                        raise ValueError("not an answer of the guard")
                     results[i], found = outcome(text, key, nonce, step.role, step.code)
-                except (KeyError, TypeError, ValueError, SyntaxError):
+                except (KeyError, TypeError, ValueError, SyntaxError, MemoryError, RecursionError):
                     results[i], found = ("GuardError", "the grader's check could not run (was it replaced?)"), ["guard"]
                 tampered += [f for f in found if f not in tampered]
         except KernelTimeout:

@@ -439,3 +439,6 @@ class Kernel:
                     self.process.kill()
             self.process.wait()
             self.process = None
+        shared = self.folder / "kernel"
+        if shared.is_dir():
+            shared.chmod(0o700)  # made read-only while the kernel ran: let its owner remove it
