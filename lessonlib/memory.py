@@ -1251,8 +1251,11 @@ def main(argv: list[str] | None = None) -> int:
             optimizer=args.optimizer, gradient_checkpointing=args.gradient_checkpointing, padded=args.padded,
             lora_dropout=args.lora_dropout, device=args.device)
         if args.json:
+            parts = est.as_dict()
             out = {"model": args.model, "method": args.method, "precision": args.precision, "batch": args.batch,
-                   "seq": args.seq, "bytes": est.as_dict()}
+                   "seq": args.seq, "recipe": parts.pop("recipe"), "bytes": parts}
+            if "runtime_parts" in parts:
+                out["runtime_parts"] = parts.pop("runtime_parts")
             if args.method != "full":
                 out["rank"] = args.rank
             if args.gpu_gb is not None:
