@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from lessonlib.quantization import DTYPE_BYTES, DTYPES
+from lessonlib.quantization import DTYPE_BYTES
 
 if TYPE_CHECKING:  # transformers is imported only when a function needs it
     from transformers import PretrainedConfig
