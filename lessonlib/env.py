@@ -169,7 +169,7 @@ class EnvironmentReport:
     versions: dict[str, str]
     device: str
     gpu_name: str | None = None
-    gpu_memory_gb: float | None = None
+    gpu_memory_gib: float | None = None
     bnb_4bit: bool = False
     bnb_detail: str = ""
     colab: bool = False
@@ -180,7 +180,7 @@ class EnvironmentReport:
         rows = [("python", self.python)]
         rows += [(name, self.versions[name]) for name in self.versions]
         if self.device == "cuda":
-            rows.append(("device", f"cuda: {self.gpu_name}, {self.gpu_memory_gb:.1f} GB"))
+            rows.append(("device", f"cuda: {self.gpu_name}, {self.gpu_memory_gib:.1f} GiB"))
         else:
             threads = f"{self.cpu_threads} thread" + ("" if self.cpu_threads == 1 else "s")
             rows.append(("device", f"cpu only ({threads})"))
@@ -216,14 +216,14 @@ def environment_report(print_report: bool = True) -> EnvironmentReport:
     gpu_name = gpu_memory = None
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
-        gpu_name, gpu_memory = props.name, props.total_memory / 1e9
+        gpu_name, gpu_memory = props.name, props.total_memory / 2**30
     works, detail = check_bitsandbytes_4bit(device)
     report = EnvironmentReport(
         python=platform.python_version(),
         versions=versions,
         device=device,
         gpu_name=gpu_name,
-        gpu_memory_gb=gpu_memory,
+        gpu_memory_gib=gpu_memory,
         bnb_4bit=works,
         bnb_detail=detail,
         colab=in_colab(),

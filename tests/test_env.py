@@ -27,9 +27,9 @@ def test_report_can_stay_silent(capsys):
 
 def test_report_rows_describe_a_gpu():
     report = env.EnvironmentReport(python="3.11.7", versions={"torch": "2.13.0"}, device="cuda",
-                                   gpu_name="Tesla T4", gpu_memory_gb=15.8, bnb_4bit=False, bnb_detail="no")
+                                   gpu_name="Tesla T4", gpu_memory_gib=14.7, bnb_4bit=False, bnb_detail="no")
     text = str(report)
-    assert "cuda: Tesla T4, 15.8 GB" in text
+    assert "cuda: Tesla T4, 14.7 GiB" in text
     assert "NOT available: no" in text
 
 
