@@ -30,7 +30,7 @@ MODEL_READY := $(MODEL_CACHE)/SmolLM2-135M-Instruct/lessonlib-conversion.json
 # nbval strictly compares every output with the stored one, in this environment's kernel.
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup lab test unit nbval notebooks check exercises clean bubblewrap
+.PHONY: setup lab test unit nbval notebooks check exercises clean chromium bubblewrap
 
 # Set-up = install the course, then prepare what the lessons need on this machine (the converted base
 # model, matplotlib's font cache), so that no lesson or test behaves differently on its first run.
@@ -82,7 +82,7 @@ test: setup chromium bubblewrap
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -n $(JOBS) --dist loadfile --doctest-modules $(NBVAL) \
 	    notebooks $(wildcard solutions/*.ipynb) tests lessonlib
 
-unit: setup
+unit: setup bubblewrap
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -n $(JOBS) --dist loadfile --doctest-modules tests lessonlib
 
 nbval: setup
