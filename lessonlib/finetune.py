@@ -352,6 +352,9 @@ def run(args: FinetuneArguments, extra_callbacks: Sequence[Any] = ()) -> dict[st
                          eval_dataset=to_dataset(eval_items) if eval_items and args.eval_steps else None,
                          processing_class=tokenizer, peft_config=lora,
                          callbacks=callbacks(out) + list(extra_callbacks))
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)   # without a progress bar: the logs go to log.jsonl, not the screen
     # TRL stores a QLoRA adapter in bf16; keep fp32 master weights (autocast does the bf16 compute on a GPU).
     for p in trainer.model.parameters():
         if p.requires_grad:
