@@ -1,4 +1,5 @@
-"""Tests of benchmarks/gpu_check.py: it skips cleanly without CUDA, its plan and commands are what runs, its runner tells pass from fail."""
+"""Tests of benchmarks/gpu_check.py: it skips cleanly without CUDA, its plan and commands are what
+runs, and its runner tells pass from fail."""
 
 from __future__ import annotations
 
