@@ -22,8 +22,8 @@ What it runs, in this order, each in a fresh process or kernel:
 It prints one line per item (pass / FAIL, seconds, the first error line) and the GPU's name; with
 ``--report`` (or ``--save``) it also writes that table to a file, to be committed under ``benchmarks/``.
 On a machine without CUDA it prints one line saying so and exits 0: there is nothing to check
-(``--plan`` lists what would run, anywhere). Lessons that compare with a library on the GPU assert
-what holds there (``lessonlib.devices``): a failure here is a real difference, not rounding.
+(``--plan`` lists what would run, anywhere). Where a lesson compares its own result with a library
+run on the GPU, it asserts what holds there (``lessonlib.devices`` states the rounding each kernel may do).
 """
 
 from __future__ import annotations
