@@ -18,7 +18,7 @@ import argparse
 import tempfile
 import time
 
-STEPS, BATCH, LR, EVAL_EVERY = 24, 8, 4e-3, 4   # lesson 06's settings
+STEPS, BATCH, LR, EVAL_EVERY = 20, 8, 4e-3, 5   # lesson 06's settings
 TARGET_TRAIN_S, TARGET_EXACT = 180, 0.90
 
 
@@ -45,6 +45,7 @@ def one_run(with_trl: bool, steps: int = STEPS) -> dict[str, float]:
     out.update(loop_train_s=result.seconds, loop_step_s=result.median_step_seconds, eval_s=time.perf_counter() - start,
                loop_exact=ev.exact_match, loop_exact_count=ev.scores.exact_count, peak_mib=result.peak_memory_mib)
     if with_trl:
+        from transformers import PrinterCallback
         from trl import SFTConfig, SFTTrainer
 
         base = prepare_model_for_kbit_training(models.load_model(quantization="nf4-dq"), use_gradient_checkpointing=False)
@@ -55,6 +56,7 @@ def one_run(with_trl: bool, steps: int = STEPS) -> dict[str, float]:
                         disable_tqdm=True)
         trainer = SFTTrainer(model=base, args=cfg, train_dataset=data.to_dataset(splits.train),
                              processing_class=tokenizer, peft_config=lora)
+        trainer.remove_callback(PrinterCallback)
         for p in trainer.model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
@@ -74,6 +76,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS, help=f"training steps (default {STEPS}, the lesson's)")
     args = parser.parse_args()
 
+    import datasets
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -81,6 +84,7 @@ def main() -> None:
 
     quiet_library_logs()
     hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
     if args.threads:
         torch.set_num_threads(args.threads)
     runs = []
