@@ -25,7 +25,8 @@ import sys
 MODULE_COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("lessonlib.prepare", "prepare the base model and caches the lessons need (make setup runs it)"),
     "params": ("lessonlib.params", "parameter counts for LoRA on a model"),
-    "finetune": ("lessonlib.finetune", "QLoRA / LoRA fine-tune on the booking task (also under torchrun)"),
+    "finetune": ("lessonlib.finetune",
+                 "QLoRA / LoRA fine-tune with TRL's SFTTrainer, on the booking task or your own JSONL (also under torchrun)"),
     "memory": ("lessonlib.memory", "training memory of full fine-tuning, LoRA or QLoRA, estimated"),
     "route": ("lessonlib.route", "choose full fine-tuning, LoRA or QLoRA for a GPU, with numbers"),
     "exercises": ("lessonlib.authoring.exercises", "generate exercises/ from solutions/, or check that it is up to date"),

@@ -228,7 +228,9 @@ def training_precision(args: FinetuneArguments) -> str:
 
     if not torch.cuda.is_available():
         return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    from lessonlib.models import half_dtype
+
+    return half_dtype()
 
 
 def sft_config(args: FinetuneArguments, has_eval: bool) -> Any:

@@ -10,8 +10,8 @@ Where the weights come from, in this order:
 3. the model hub (``HuggingFaceTB/SmolLM2-135M-Instruct``) when the machine is online, as in Colab.
 
 The quantization is one word: ``"none"``, ``"nf4"``, ``"nf4-dq"`` (NF4 with double quantization, as
-in QLoRA) or ``"fp4"``. On a CUDA machine the model goes to the GPU and computes in bf16; on a CPU
-it stays in fp32.
+in QLoRA) or ``"fp4"``. On a CUDA machine the model goes to the GPU and computes in bf16 (in fp16
+on GPUs without native bf16, such as a T4); on a CPU it stays in fp32.
 
 Example:
     >>> from lessonlib.models import QUANTIZATIONS, quantization_config
@@ -250,11 +250,29 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def half_dtype() -> str:
+    """Return the 16-bit dtype to compute in on this machine's GPU: ``"bf16"``, or ``"fp16"`` without native bf16.
+
+    GPUs before Ampere (a T4, Colab's free GPU) have no bf16 units. torch can emulate bf16 there
+    (``torch.cuda.is_bf16_supported()`` says True), slowly; fp16 with a loss scaler is the recipe
+    for them. Without a GPU the answer is ``"bf16"`` (what CPU autocast supports).
+
+    Example:
+        >>> half_dtype() in ("bf16", "fp16")
+        True
+    """
+    import torch
+
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False):
+        return "fp16"
+    return "bf16"
+
+
 def _torch_dtype(name: str | None, device: str) -> Any:
     import torch
 
     if name is None:
-        name = "bfloat16" if device == "cuda" else "float32"
+        name = half_dtype() if device == "cuda" else "float32"
     if name not in _DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or torch's float32, bfloat16, float16), "
                          f"got {name!r}")
@@ -266,7 +284,7 @@ def quantization_config(quantization: str = "none", compute_dtype: str | None = 
 
     Args:
         quantization: one of :data:`QUANTIZATIONS`.
-        compute_dtype: dtype of the matrix products (default: bf16 on CUDA, fp32 on CPU).
+        compute_dtype: dtype of the matrix products (default: bf16 on CUDA, fp16 on a GPU without native bf16, fp32 on CPU).
         device: ``"cpu"`` or ``"cuda"`` (only picks the default compute dtype).
 
     Example:
@@ -321,9 +339,9 @@ def load_model(
     Args:
         source: see :func:`resolve_source`; None means SmolLM2-135M-Instruct, offline first.
         quantization: ``"none"``, ``"nf4"``, ``"nf4-dq"`` or ``"fp4"`` (4-bit via bitsandbytes).
-        compute_dtype: dtype of 4-bit matrix products (default bf16 on CUDA, fp32 on CPU).
+        compute_dtype: dtype of 4-bit matrix products (default bf16 on CUDA, fp16 on a GPU without native bf16, fp32 on CPU).
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
-        dtype: dtype of the weights that are not quantized (default bf16 on CUDA, fp32 on CPU).
+        dtype: dtype of the weights that are not quantized (default bf16 on CUDA, fp16 on a GPU without native bf16, fp32 on CPU).
         progress: show transformers' "Loading weights" bar (off by default: the load takes
             seconds, and a bar in a stored notebook output would differ on every run).
 

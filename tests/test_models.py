@@ -84,3 +84,16 @@ def test_loading_prints_no_progress_bar_by_default(capfd):
     assert "Loading weights" not in capfd.readouterr().err
     models.load_model(progress=True)
     assert "Loading weights" in capfd.readouterr().err
+
+
+def test_half_dtype_is_fp16_on_a_gpu_without_native_bf16(monkeypatch):
+    """A T4 emulates bf16 (is_bf16_supported() says True); the course computes in fp16 there."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert models.half_dtype() == "fp16"
+    assert str(models.quantization_config("nf4", device="cuda").bnb_4bit_compute_dtype) == "torch.float16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert models.half_dtype() == "bf16"
+    assert str(models.quantization_config("nf4", device="cuda").bnb_4bit_compute_dtype) == "torch.bfloat16"
