@@ -80,6 +80,17 @@ def test_colab_links_need_a_github_repository(monkeypatch):
         notebooks.colab_url("notebooks/01_lora_increment.ipynb")
 
 
+def test_a_solution_storing_a_failing_self_check_is_a_problem(tmp_path):
+    out = new_output("stream", name="stdout", text="q1: not yet. TypeError: f() got an unexpected keyword argument 'x'\n")
+    cells = [_setup_cell(), new_code_cell("with check('q1'): f(x=1)", execution_count=2, outputs=[out])]
+    folder = tmp_path / "solutions"
+    folder.mkdir()
+    assert any("failing self-check" in p and "unexpected keyword" in p for p in notebooks.problems(_write(folder, cells)))
+    other = tmp_path / "notebooks"
+    other.mkdir()
+    assert notebooks.problems(_write(other, cells)) == []     # a lesson may show a failing check on purpose
+
+
 def test_unexecuted_cell_is_a_problem(tmp_path):
     path = _write(tmp_path, [_setup_cell(), new_code_cell("x = 1")])
     assert any("never executed" in p for p in notebooks.problems(path))

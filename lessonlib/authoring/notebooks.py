@@ -186,7 +186,8 @@ def problems(path: str | os.PathLike, *, generated: bool | None = None) -> list[
     link of :func:`colab_link_source` for this notebook; the first code cell is
     :func:`setup_cell_source`; every code cell executed (unless ``generated``, for student
     versions stored without outputs); no error outputs (except cells marked
-    ``NBVAL_RAISES_EXCEPTION``); no machine-specific strings in outputs.
+    ``NBVAL_RAISES_EXCEPTION``); in ``solutions/``, no self-check that says "not yet" (a solution
+    must pass its own tests); no machine-specific strings in outputs.
     ``generated`` defaults to whether the notebook lies in an ``exercises/`` folder.
 
     Example:
@@ -222,6 +223,10 @@ def problems(path: str | os.PathLike, *, generated: bool | None = None) -> list[
         if not generated and cell.get("execution_count") is None:
             found.append(f"{path.name}: cell {i} was never executed")
         for output in cell.get("outputs", []):
+            failing = re.search(r"^\S+: not yet\. .*$", _output_text(output), re.M)
+            if failing and path.parent.name == "solutions":
+                found.append(f"{path.name}: cell {i} stores a failing self-check of the solution "
+                             f"({failing.group(0)[:120]})")
             if output.get("output_type") == "error" and "NBVAL_RAISES_EXCEPTION" not in source:
                 found.append(f"{path.name}: cell {i} stores an error ({output.get('ename')}: {output.get('evalue')})")
             match = leak.search(_output_text(output))
