@@ -512,11 +512,13 @@ def paired_difference_interval(a: Sequence[bool], b: Sequence[bool], resamples: 
 # --- the student's own data ----------------------------------------------------------------------
 
 class DataError(ValueError):
-    """A line of a JSONL data file is not a usable example; ``line`` is its number (1-based)."""
+    """A JSONL data file is not usable; ``line`` is the number (1-based) of the bad line, or None
+    when the problem is the file as a whole (e.g. no example in it)."""
 
-    def __init__(self, path: str | os.PathLike, line: int, problem: str) -> None:
+    def __init__(self, path: str | os.PathLike, line: int | None, problem: str) -> None:
         self.path, self.line, self.problem = os.fspath(path), line, problem
-        super().__init__(f"{os.path.basename(self.path)}, line {line}: {problem}")
+        where = os.path.basename(self.path) + ("" if line is None else f", line {line}")
+        super().__init__(f"{where}: {problem}")
 
 
 _FORMATS = ('each line must be a JSON object with "prompt" and "completion" (strings, or lists of chat '
@@ -593,8 +595,8 @@ def read_jsonl(path: str | os.PathLike, tokenizer: Any = None, max_length: int |
 
     Raises:
         DataError: at the first bad line, naming the file, the line number and what is wrong (not
-            JSON, not an object, missing key, empty completion, wrong role order, too long); or no
-            example at all. Nothing is returned in part.
+            UTF-8 text, not JSON, not an object, missing key, empty completion, wrong role order, too
+            long); or no example at all. Nothing is returned in part.
         OSError: the file cannot be read.
 
     Example:
@@ -609,8 +611,13 @@ def read_jsonl(path: str | os.PathLike, tokenizer: Any = None, max_length: int |
     if max_length is not None and tokenizer is None:
         raise ValueError("max_length needs a tokenizer to count tokens")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:  # a byte-order mark at the start (some editors write one) is not part of the JSON
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(path, number, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                                              f"{exc.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -628,7 +635,7 @@ def read_jsonl(path: str | os.PathLike, tokenizer: Any = None, max_length: int |
                                                   f"more than max_length {max_length}")
             records.append(record)
     if not records:
-        raise DataError(path, 0, "no example in the file")
+        raise DataError(path, None, "no example in the file (every line is blank)")
     return records
 
 

@@ -231,6 +231,21 @@ def test_read_jsonl_names_the_line_and_the_problem(tmp_path, line, message):
     assert "\n" not in str(info.value)
 
 
+def test_read_jsonl_refuses_bytes_that_are_not_utf8_and_accepts_a_byte_order_mark(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b'{"prompt": "x", "completion": "y"}\n\x00\x01\xff\n')
+    with pytest.raises(data.DataError) as info:
+        data.read_jsonl(path)
+    assert info.value.line == 2 and str(info.value) == (
+        "train.jsonl, line 2: not UTF-8 text (byte 0xff at column 3); save the file as UTF-8")
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "x", "completion": "y"}\r\n')   # a BOM and Windows line ends
+    assert data.answer_of(data.read_jsonl(path)[0]) == "y"
+    (tmp_path / "blank.jsonl").write_text("\n  \n")
+    with pytest.raises(data.DataError) as info:
+        data.read_jsonl(tmp_path / "blank.jsonl")
+    assert info.value.line is None and str(info.value) == "blank.jsonl: no example in the file (every line is blank)"
+
+
 def test_read_jsonl_refuses_an_example_longer_than_max_length(tmp_path, tokenizer):
     path = tmp_path / "t.jsonl"
     path.write_text(json.dumps({"prompt": "short", "completion": "ok"}) + "\n" +
