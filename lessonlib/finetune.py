@@ -46,8 +46,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lessonlib.models import QUANTIZATIONS
+from lessonlib.quantization import TORCH_DTYPE_NAMES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+DEFAULT_EVAL_FRACTION = 0.1
+"""Share of ``--data`` held out for evaluation when neither ``--eval-data`` nor ``--eval-fraction`` is given."""
 
 
 @dataclass
@@ -56,7 +60,7 @@ class FinetuneArguments:
 
     model: str | None = field(default=None, metadata={"help": "model folder or hub id (default: the course's SmolLM2-135M-Instruct)"})
     quantization: str = field(default="nf4-dq", metadata={"help": "none, nf4, nf4-dq (QLoRA, default) or fp4"})
-    compute_dtype: str | None = field(default=None, metadata={"help": "dtype of the 4-bit products: float32, bfloat16, float16 (default: bf16 on a GPU, fp32 on a CPU)"})
+    compute_dtype: str | None = field(default=None, metadata={"help": "dtype of the 4-bit products: fp32, bf16, fp16 (or float32, bfloat16, float16; default: bf16 on a GPU, fp16 on one without bf16, fp32 on a CPU)"})
     precision: str = field(default="auto", metadata={"help": "training precision: auto (bf16 autocast on a GPU that has it, fp16 on an older GPU, fp32 on a CPU), fp32, bf16, fp16"})
     r: int = field(default=8, metadata={"help": "LoRA rank"})
     alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
@@ -64,7 +68,7 @@ class FinetuneArguments:
     dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
     data: str | None = field(default=None, metadata={"help": "training data, JSONL (default: the booking task)"})
     eval_data: str | None = field(default=None, metadata={"help": "evaluation data, JSONL"})
-    eval_fraction: float = field(default=0.1, metadata={"help": "with --data and no --eval-data: the share held out for evaluation"})
+    eval_fraction: float | None = field(default=None, metadata={"help": "with --data and no --eval-data: the share held out for evaluation (default 0.1)"})
     max_length: int = field(default=256, metadata={"help": "longest example in tokens; a longer one in your data is an error"})
     n_train: int = field(default=320, metadata={"help": "booking task: training examples generated"})
     eval_examples: int = field(default=40, metadata={"help": "booking task: held-out examples for evaluation (0: none)"})
@@ -84,8 +88,9 @@ class FinetuneArguments:
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
-        if self.compute_dtype not in (None, "float32", "bfloat16", "float16"):
-            raise ValueError(f"compute_dtype must be float32, bfloat16, float16 or None, got {self.compute_dtype!r}")
+        if self.compute_dtype not in (None, *TORCH_DTYPE_NAMES, *TORCH_DTYPE_NAMES.values()):
+            raise ValueError(f"compute_dtype must be one of {', '.join(TORCH_DTYPE_NAMES)} (or float32, bfloat16, "
+                             f"float16), got {self.compute_dtype!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("r", "alpha", "steps", "batch_size", "grad_accum", "n_train", "save_steps", "max_length"):
@@ -96,12 +101,14 @@ class FinetuneArguments:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a finite number above 0, got {self.lr!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not 0 < self.eval_fraction < 1:
+        if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be between 0 and 1, got {self.eval_fraction!r}")
+        if self.eval_data and self.eval_fraction is not None:
+            raise ValueError("give eval_data (a file) or eval_fraction (a share of data), not both")
         if self.eval_data and not self.data:
             raise ValueError("eval_data needs data (the booking task brings its own evaluation split)")
 
@@ -212,7 +219,8 @@ def load_examples(args: FinetuneArguments, tokenizer: Any) -> tuple[list[Any], l
     train = data.read_jsonl(args.data, tokenizer, args.max_length)
     if args.eval_data:
         return train, data.read_jsonl(args.eval_data, tokenizer, args.max_length)
-    return data.split_off(train, args.eval_fraction, seed=args.seed)
+    return data.split_off(train, DEFAULT_EVAL_FRACTION if args.eval_fraction is None else args.eval_fraction,
+                          seed=args.seed)
 
 
 def training_precision(args: FinetuneArguments) -> str:

@@ -57,6 +57,19 @@ def test_config_file_and_flags(tmp_path):
     assert finetune.main(["--eval-data", "x.jsonl"]) == 2          # needs --data
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "inf"], "lr must be a finite number above 0, got inf"),
+    (["--lr", "nan"], "lr must be a finite number above 0, got nan"),
+    (["--data", "a.jsonl", "--eval-data", "b.jsonl", "--eval-fraction", "0.1"], "not both"),
+    (["--data", "a.jsonl", "--eval-fraction", "1"], "eval_fraction must be between 0 and 1"),
+])
+def test_bad_values_get_one_line_and_exit_status_2(flags, message, tmp_path, capsys):
+    assert finetune.main([*flags, "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
 BAD_LINES = {
     "not JSON": ('{"prompt": "a", "completion": "b"', "not JSON"),
     "missing key": ('{"prompt": "a"}', "missing key 'completion'"),
