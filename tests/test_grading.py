@@ -542,11 +542,15 @@ def test_which_exercise_from_metadata_or_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--jobs", "0"], "--jobs must be at least 1"),
-    (["--timeout", "0"], "--timeout must be a positive"),
+    (["--timeout", "0"], "--timeout must be a finite, positive"),
+    (["--timeout", "nan"], "--timeout must be a finite, positive"),
+    (["--timeout", "inf"], "--timeout must be a finite, positive"),
     (["--memory", "0"], "--memory must be at least"),
+    (["--memory", "nan"], "--memory must be at least"),
 ])
 def test_cli_rejects_bad_options(tmp_path, args, message):
     (tmp_path / "ann.ipynb").write_text("{}")
     result = subprocess.run([sys.executable, "-m", "lessonlib", "grade", str(tmp_path), *args],
                             capture_output=True, text=True)
-    assert result.returncode == 2 and message in result.stderr
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.ipynb"]     # no journal, no CSV left behind

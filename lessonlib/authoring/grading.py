@@ -44,6 +44,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import secrets
 import shutil
@@ -798,8 +799,8 @@ def grade(submissions: dict[str, Path], source: Path, jobs: int = 2, timeout: fl
 
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
-    if timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be a finite, positive number of seconds, got {timeout}")
     if sandboxed and (problem := sandbox_problem()):
         raise SandboxUnavailable(problem)
     declared = questions(json.loads(Path(source).read_text()))
@@ -988,9 +989,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.jobs < 1:
             raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
-        if args.timeout <= 0:
-            raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
-        if args.memory < 0.25:
+        if not math.isfinite(args.timeout) or args.timeout <= 0:
+            raise ValueError(f"--timeout must be a finite, positive number of seconds, got {args.timeout:g}")
+        if not math.isfinite(args.memory) or args.memory < 0.25:
             raise ValueError(f"--memory must be at least 0.25 GiB, got {args.memory:g}")
         submissions = find_submissions(args.submissions)
         source = find_source(submissions, args.exercise, args.solutions)
