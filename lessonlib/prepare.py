@@ -107,7 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.parse_args(argv)
     try:
         prepare()
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        if exc.errno is None:  # the offline model package is missing: the message says how to install it
+            print(f"error: {exc}", file=sys.stderr)
+        else:
+            from lessonlib import models
+
+            print(f"error: cannot write the model cache {models.cache_dir()}: {exc.strerror} ({exc.filename}); "
+                  f"set {models.CACHE_ENV} to a writable folder", file=sys.stderr)
         return 2
     return 0

@@ -69,3 +69,11 @@ def test_prepare_model_reports_an_existing_copy_without_converting(monkeypatch, 
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
     monkeypatch.setattr(models, "packaged_gguf", lambda: tmp_path / "never-read.gguf")
     assert prepare.prepare_model() == f"base model: already in the cache ({target})"
+
+
+def test_prepare_with_a_cache_it_cannot_write_says_so_in_one_line(monkeypatch, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "a-file" / "models"))
+    assert prepare.main([]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write the model cache") and models.CACHE_ENV in err[0]
