@@ -82,6 +82,11 @@ REGISTRY: dict[str, dict[str, Any]] = {
                         num_attention_heads=40, num_key_value_heads=40, vocab_size=32000, tie_word_embeddings=False),
     "llama-2-70b": dict(model_type="llama", hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
                         num_attention_heads=64, num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False),
+    # LLaMA (2023), the models of the QLoRA paper: its 33B ("llama-30b" in transformers' ports) and 65B
+    "llama-33b": dict(model_type="llama", hidden_size=6656, intermediate_size=17920, num_hidden_layers=60,
+                      num_attention_heads=52, num_key_value_heads=52, vocab_size=32000, tie_word_embeddings=False),
+    "llama-65b": dict(model_type="llama", hidden_size=8192, intermediate_size=22016, num_hidden_layers=80,
+                      num_attention_heads=64, num_key_value_heads=64, vocab_size=32000, tie_word_embeddings=False),
     "llama-3.1-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                          num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
     "llama-3.1-70b": dict(model_type="llama", hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
