@@ -21,6 +21,9 @@ Example:
     True
     >>> quantization_config("nf4-dq").bnb_4bit_use_double_quant
     True
+
+The three ways of fine-tuning it are one call: ``build_model("full" | "lora" | "qlora", ...)``
+(:func:`build_model`), the recipe "load the base, prepare it, seed, add the adapter".
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 CACHE_ENV = "LESSONLIB_MODEL_CACHE"
 """Environment variable that overrides the cache folder for converted models."""
+
+METHODS = ("full", "lora", "qlora")
+"""The ways of fine-tuning that :func:`build_model` sets up."""
 
 # QUANTIZATIONS (accepted values of ``quantization``) and the dtype names are the course's
 # vocabulary, defined once in lessonlib.quantization.
@@ -379,3 +385,151 @@ def load_model_and_tokenizer(source: str | os.PathLike | None = None, **kwargs: 
         >>> model, tokenizer = load_model_and_tokenizer(quantization="nf4")  # doctest: +SKIP
     """
     return load_model(source, **kwargs), load_tokenizer(source)
+
+
+def lora_config(r: int = 8, lora_alpha: int = 16, target_modules: str | list[str] = "all-linear",
+                lora_dropout: float = 0.0) -> Any:
+    """Return the course's ``peft.LoraConfig`` for a causal language model.
+
+    Example:
+        >>> cfg = lora_config(r=4, lora_alpha=8)
+        >>> cfg.r, cfg.lora_alpha, cfg.target_modules, cfg.lora_dropout, str(cfg.task_type)
+        (4, 8, 'all-linear', 0.0, 'CAUSAL_LM')
+    """
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=target_modules, lora_dropout=lora_dropout,
+                      task_type="CAUSAL_LM")
+
+
+def load_base(
+    method: str,
+    *,
+    source: str | os.PathLike | None = None,
+    quantization: str | None = None,
+    precision: str | None = None,
+    dtype: str | None = None,
+    compute_dtype: str | None = None,
+    device: str = "auto",
+    gradient_checkpointing: bool = False,
+) -> Any:
+    """Load the base model as ``method`` trains it, before any adapter: the first half of :func:`build_model`.
+
+    * ``"full"``: the base with every weight trainable;
+    * ``"lora"``: the unquantized base (``get_peft_model`` freezes it later);
+    * ``"qlora"``: the 4-bit base (``quantization``, default ``"nf4-dq"``) after
+      ``prepare_model_for_kbit_training``, which freezes it and up-casts its 16-bit weights
+      (embeddings, norms, head) to fp32.
+
+    Args:
+        method: one of :data:`METHODS`.
+        source: see :func:`resolve_source` (a folder, a hub id, or None for the course's model).
+        quantization: ``"qlora"`` only: one of ``"nf4"``, ``"nf4-dq"`` (default), ``"fp4"``.
+        precision: a recipe of :func:`lessonlib.memory.recipe` (``"fp32"``, ``"amp-bf16"``, ...):
+            the dtypes as that recipe's usual set-up loads them (full fine-tuning in the recipe's
+            trainable dtype, LoRA and QLoRA bases in its base dtype, QLoRA computing in its compute
+            dtype). Excludes ``dtype`` and ``compute_dtype``.
+        dtype, compute_dtype, device: as :func:`load_model` takes them.
+        gradient_checkpointing: recompute activations in the backward pass (non-reentrant; for
+            QLoRA through ``prepare_model_for_kbit_training``).
+
+    Raises:
+        ValueError: an unknown method, a quantization for a method that does not quantize, or
+            ``precision`` together with ``dtype``/``compute_dtype``.
+
+    Example:
+        >>> load_base("qlora", quantization="none")
+        Traceback (most recent call last):
+        ...
+        ValueError: quantization must be one of nf4, nf4-dq, fp4 for method 'qlora', got 'none'
+        >>> base = load_base("lora", device="cpu")  # doctest: +SKIP
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method != "qlora" and quantization is not None:
+        raise ValueError(f"quantization applies to method 'qlora' only, got quantization={quantization!r} "
+                         f"for method {method!r}")
+    four_bit = tuple(q for q in QUANTIZATIONS if q != "none")
+    quantization = "nf4-dq" if quantization is None else quantization
+    if method == "qlora" and quantization not in four_bit:
+        raise ValueError(f"quantization must be one of {', '.join(four_bit)} for method 'qlora', got {quantization!r}")
+    if precision is not None:
+        if dtype is not None or compute_dtype is not None:
+            raise ValueError("give either precision or dtype/compute_dtype, not both")
+        from lessonlib.memory import recipe
+
+        dtypes = recipe(precision)
+        dtype = dtypes.trainable if method == "full" else dtypes.base
+        compute_dtype = dtypes.compute if method == "qlora" else None
+    if method != "qlora":
+        model = load_model(source, dtype=dtype, device=device)
+        if method == "full":
+            model.requires_grad_(True)
+        if gradient_checkpointing:
+            model.activation_checkpointing_enable()  # non-reentrant, transformers' default
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    model = load_model(source, quantization=quantization, compute_dtype=compute_dtype, device=device, dtype=dtype)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                           gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def build_model(
+    method: str,
+    *,
+    r: int = 8,
+    lora_alpha: int = 16,
+    target_modules: str | list[str] = "all-linear",
+    lora_dropout: float = 0.0,
+    seed: int | None = 0,
+    source: str | os.PathLike | None = None,
+    quantization: str | None = None,
+    precision: str | None = None,
+    dtype: str | None = None,
+    compute_dtype: str | None = None,
+    device: str = "auto",
+    gradient_checkpointing: bool = False,
+    autocast_adapter_dtype: bool = True,
+) -> Any:
+    """Return the model ready to fine-tune by ``method``: full fine-tuning, LoRA or QLoRA.
+
+    The recipe: load the base (:func:`load_base`: for QLoRA in 4 bits, then
+    ``prepare_model_for_kbit_training``), seed, add the adapter (``get_peft_model`` with
+    :func:`lora_config`). The seed is set just before the adapter is created, so LoRA and QLoRA
+    start from the same A and B (and ``"full"``, with no adapter, leaves the generators in the
+    same state). Call ``model.train()`` before training (the base comes as :func:`load_model`
+    gives it, in eval mode).
+
+    Args:
+        method: ``"full"`` (every weight trains), ``"lora"`` or ``"qlora"``.
+        r, lora_alpha, target_modules, lora_dropout: the adapter (ignored by ``"full"``).
+        seed: seeds Python, NumPy and torch (:func:`lessonlib.env.seed_everything`); None leaves them.
+        source, quantization, precision, dtype, compute_dtype, device, gradient_checkpointing:
+            how the base is loaded, see :func:`load_base`.
+        autocast_adapter_dtype: ``peft``'s switch: True up-casts 16-bit adapters to fp32.
+
+    Raises:
+        ValueError: an unknown method (the message lists the accepted ones) or a bad loading argument.
+
+    Example:
+        >>> build_model("prefix")
+        Traceback (most recent call last):
+        ...
+        ValueError: method must be one of full, lora, qlora, got 'prefix'
+        >>> model = build_model("qlora", dtype="fp32", compute_dtype="fp32")  # doctest: +SKIP
+        >>> model.get_nb_trainable_parameters()  # doctest: +SKIP
+        (2442240, 136957248)
+    """
+    base = load_base(method, source=source, quantization=quantization, precision=precision, dtype=dtype,
+                     compute_dtype=compute_dtype, device=device, gradient_checkpointing=gradient_checkpointing)
+    if seed is not None:
+        from lessonlib.env import seed_everything
+
+        seed_everything(seed)
+    if method == "full":
+        return base
+    from peft import get_peft_model
+
+    return get_peft_model(base, lora_config(r, lora_alpha, target_modules, lora_dropout),
+                          autocast_adapter_dtype=autocast_adapter_dtype)
