@@ -65,6 +65,20 @@ def test_generated_exercise_hides_solutions_hidden_tests_and_rubrics(path):
     assert notebooks.problems(REPO / "exercises" / path.name) == []  # exercises/ is recognised as generated
 
 
+@pytest.mark.parametrize("path", SOLUTIONS, ids=IDS)
+def test_a_prediction_names_its_variable_in_the_student_answer_cell(path):
+    from lessonlib.authoring.grading import predictions
+
+    student = json.loads((REPO / "exercises" / path.name).read_text())
+    found = predictions(json.loads(path.read_text()))
+    assert found, "each solution has a numeric prediction"
+    for question, names in found.items():
+        cell = next(c for c in student["cells"] if exercises.marker(c).get("answer") == question)
+        comments = [line for line in "".join(cell["source"]).splitlines() if line.startswith("#")]
+        for name in names:
+            assert any(name in line for line in comments), f"{question}: the answer cell does not name {name}"
+
+
 def test_strip_solution_keeps_indentation_and_code_around():
     source = f"def f(x):\n    y = 1\n    {BEGIN}\n    return x + y\n    {END}\n"
     stub = strip_solution(source, "q9")
