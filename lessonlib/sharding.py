@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
+from typing import Any, Iterable
 
 from lessonlib.memory import GiB, MemoryBreakdown, estimate_training_memory, runtime_memory
 from lessonlib.params import model_shape
@@ -32,6 +32,19 @@ SHARDED = ("frozen_weights", "quant_state", "trainable_weights", "weight_copies"
 
 GATHERED_LAYERS = 2
 """Layers whose full weights each GPU holds at once when sharded: the current one and the next."""
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number of GPUs, 1 or more; got {value!r}")
+    return value
+
+
+def _check_size(gpu_memory_gib: Any) -> float:
+    if isinstance(gpu_memory_gib, bool) or not isinstance(gpu_memory_gib, (int, float)) \
+            or not math.isfinite(gpu_memory_gib) or gpu_memory_gib <= 0:
+        raise ValueError(f"gpu_memory_gib must be a positive number of GiB; got {gpu_memory_gib!r}")
+    return gpu_memory_gib
 
 
 def shard(whole: MemoryBreakdown, n_gpus: int, *, layers: int, tokens: int, vocab: int) -> MemoryBreakdown:
@@ -48,8 +61,7 @@ def shard(whole: MemoryBreakdown, n_gpus: int, *, layers: int, tokens: int, voca
         >>> half.trainable_weights / GiB, half.weight_copies / GiB, half.activations / GiB
         (4.0, 2.0, 1.0)
     """
-    if isinstance(n_gpus, bool) or not isinstance(n_gpus, int) or n_gpus < 1:
-        raise ValueError(f"n_gpus must be a whole number of GPUs, 1 or more; got {n_gpus!r}")
+    _check_count("n_gpus", n_gpus)
     if n_gpus == 1:
         return whole
     read = whole.frozen_weights + whole.quant_state + (whole.weight_copies or whole.trainable_weights)
@@ -99,13 +111,34 @@ def gpus_needed(model: Any, method: str, gpu_memory_gib: float, *, max_gpus: int
         >>> gpus_needed("llama-2-7b", "full", 80, batch=1, seq=512)
         2
     """
-    if isinstance(gpu_memory_gib, bool) or not isinstance(gpu_memory_gib, (int, float)) \
-            or not math.isfinite(gpu_memory_gib) or gpu_memory_gib <= 0:
-        raise ValueError(f"gpu_memory_gib must be a positive number of GiB; got {gpu_memory_gib!r}")
-    if isinstance(max_gpus, bool) or not isinstance(max_gpus, int) or max_gpus < 1:
-        raise ValueError(f"max_gpus must be a whole number, 1 or more; got {max_gpus!r}")
-    per_gpu = _sharder(model, method, estimate)
+    _check_size(gpu_memory_gib)
+    _check_count("max_gpus", max_gpus)
+    return _fewest(_sharder(model, method, estimate), gpu_memory_gib, max_gpus)
+
+
+def _fewest(per_gpu: Any, gpu_memory_gib: float, max_gpus: int) -> int | None:
     for n in range(1, max_gpus + 1):
         if per_gpu(n).total <= gpu_memory_gib * GiB:
             return n
     return None
+
+
+def gpus_needed_table(models: Iterable[str], methods: Iterable[str], gpu_sizes_gib: Iterable[float], *,
+                      max_gpus: int = 64, **estimate: Any) -> dict[tuple[str, str], list[int | None]]:
+    """:func:`gpus_needed` for every model, method and GPU size, estimating each model and method once.
+
+    Returns ``{(model, method): [GPUs needed for each size in gpu_sizes_gib]}`` (None: more than
+    ``max_gpus``).
+
+    Example:
+        >>> gpus_needed_table(["llama-2-7b"], ["full", "qlora"], [24, 80], batch=1, seq=512)
+        {('llama-2-7b', 'full'): [7, 2], ('llama-2-7b', 'qlora'): [1, 1]}
+    """
+    sizes = [_check_size(size) for size in gpu_sizes_gib]
+    _check_count("max_gpus", max_gpus)
+    table = {}
+    for model in models:
+        for method in methods:
+            per_gpu = _sharder(model, method, estimate)
+            table[model, method] = [_fewest(per_gpu, size, max_gpus) for size in sizes]
+    return table

@@ -2,7 +2,7 @@
 import pytest
 
 from lessonlib.memory import GiB, MiB, MemoryBreakdown, estimate_training_memory
-from lessonlib.sharding import GATHERED_LAYERS, SHARDED, gpus_needed, per_gpu_memory, shard
+from lessonlib.sharding import GATHERED_LAYERS, SHARDED, gpus_needed, gpus_needed_table, per_gpu_memory, shard
 
 
 def test_shard_by_hand():
@@ -45,6 +45,12 @@ def test_gpus_needed_is_the_fewest_that_fit():
     assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
 
 
+def test_table_equals_one_call_per_cell():
+    table = gpus_needed_table(["llama-2-13b"], ["full", "lora"], [16, 80], gradient_checkpointing=True)
+    assert table == {("llama-2-13b", m): [gpus_needed("llama-2-13b", m, g, gradient_checkpointing=True)
+                                          for g in (16, 80)] for m in ("full", "lora")}
+
+
 def test_gpus_needed_gives_none_when_no_count_fits():
     # a 65B model's activations for one 512-token sequence alone exceed 16 GiB: no sharding helps
     assert estimate_training_memory("llama-65b", "qlora", batch=1, seq=512).activations > 16 * GiB
@@ -57,8 +63,9 @@ def test_gpus_needed_gives_none_when_no_count_fits():
     (lambda: per_gpu_memory("llama-2-7b", "lora", 2.5), "n_gpus must be a whole number"),
     (lambda: gpus_needed("llama-2-7b", "lora", float("nan")), "gpu_memory_gib must be a positive number"),
     (lambda: gpus_needed("llama-2-7b", "lora", -24), "gpu_memory_gib must be a positive number"),
-    (lambda: gpus_needed("llama-2-7b", "lora", 24, max_gpus=0), "max_gpus must be a whole number"),
+    (lambda: gpus_needed("llama-2-7b", "lora", 24, max_gpus=0), "max_gpus must be a whole number of GPUs"),
     (lambda: gpus_needed("llama-2-7b", "lora", True), "gpu_memory_gib must be a positive number"),
+    (lambda: gpus_needed_table(["llama-2-7b"], ["lora"], [24, "80"]), "gpu_memory_gib must be a positive number"),
 ])
 def test_bad_input_is_refused_clearly(call, message):
     with pytest.raises(ValueError, match=message):
