@@ -65,18 +65,16 @@ def draw_breakdowns(ax: Any, breakdowns: Mapping[str, MemoryBreakdown], gpu_memo
                hatch="//" if kind == "runtime" else None, edgecolor="#9e9e9e" if kind == "runtime" else None)
         bottoms = [b + h for b, h in zip(bottoms, heights)]
     for x, total in enumerate(bottoms):
-        ax.annotate(f"{total:.1f}", (x, total), ha="center", va="bottom", fontsize=8)
-    if gpu_memory_gb is not None:
-        ax.axhline(gpu_memory_gb, color="black", linestyle="--", linewidth=1)
-        ax.annotate(f"GPU {gpu_memory_gb:g} GiB", (len(names) - 0.5, gpu_memory_gb), ha="right", va="bottom",
-                    fontsize=8)
+        ax.annotate(f"{total:.1f}", (x, total), xytext=(0, 2), textcoords="offset points", ha="center",
+                    va="bottom", fontsize=8)
+    if gpu_memory_gb is not None:   # labelled in the legend, so no text crosses a bar
+        ax.axhline(gpu_memory_gb, color="black", linestyle="--", linewidth=1, label=f"GPU memory, {gpu_memory_gb:g} GiB")
     top = max([*bottoms, gpu_memory_gb or 0.0])
-    if top > 0:
-        ax.set_ylim(0, top * 1.15)  # room for the totals above the bars
+    ax.set_ylim(0, top * 1.15 if top > 0 else 1.0)  # from zero, with room for the totals above the bars
     ax.set_ylabel("GiB")
     if title:
         ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)  # beside the bars, never on them
 
 
 class MemoryCalculator:

@@ -24,6 +24,26 @@ def test_bars_stack_every_component_in_gib_with_the_runtime_on_top():
     assert "CUDA runtime" in labels and "quantization state" not in labels  # zero everywhere: no legend entry
 
 
+def test_bars_start_at_a_zero_tick_and_no_label_overlaps_a_bar():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    bars = {m: estimate_training_memory("llama-2-7b", m, batch=4, seq=1024, rank=16) for m in ("full", "lora", "qlora")}
+    draw_breakdowns(ax, bars, gpu_memory_gb=12)
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    assert ax.get_ylim()[0] == 0 and 0 in [float(t) for t in ax.get_yticks()]
+    legend = ax.get_legend()
+    assert "GPU memory, 12 GiB" in [t.get_text() for t in legend.get_texts()]
+    boxes = [p.get_window_extent(renderer) for p in ax.patches if p.get_height() > 0]
+    labels = [legend.get_window_extent(renderer)] + [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(labels) == 4                                    # the legend and one total per bar
+    assert not any(label.overlaps(box) for label in labels for box in boxes)
+
+
 def test_calculator_follows_its_widgets():
     calc = memory_calculator(gpu_gb=12, model="llama-2-7b", method="lora", seq=512, rank=16)
     assert RESULT_CLASS in calc.result._dom_classes
