@@ -10,13 +10,15 @@ what it measured and a second run with the same ``--out`` only adds the missing 
 The grid is ordered by importance; ``--minutes`` stops starting new points after that many minutes
 (what was not run is simply absent from the CSV, and lesson 08 says which groups are thin):
 
-1. rank sweep: r in 1, 2, 4, 8, 16, 64 on all linear layers, α = 16, lr 4e-3, seeds 0, 1, 2;
-2. α schemes x learning rate at r = 1, 8, 64 (seed 0);
-3. full fine-tuning's learning rate (seed 0); its run at lr 1e-4 also writes the update's singular
-   values per layer type (``--svd-out``);
-4. target modules at r = 8 and at the trainable budget of all-linear r = 8 (seed 0);
-5. learning rates one step beyond the grid where a best rate lies at its edge;
-6. seeds 1 and 2 of the target-module points, and of the best rate of each α scheme and rank.
+1. rank sweep: r in 1, 2, 4, 8, 16, 64 on all linear layers, α = 16, lr 4e-3, seed 0;
+2. α schemes x learning rate (1e-3, 4e-3, 1.6e-2) at r = 8, where the three schemes coincide, and r = 64;
+3. full fine-tuning's learning rate (2.5e-5, 1e-4, 4e-4); its run at lr 1e-4 also writes the
+   singular values of its update per layer type (``--svd-out``);
+4. target modules (q,v / attention / MLP) at the trainable budget of all-linear r = 8, then at r = 8;
+5. seeds 1 and 2 of the rank sweep at r = 1, 8, 64;
+6. seeds 1 and 2 of the target modules at equal budget;
+7. one learning rate beyond the grid wherever a best rate lies at its edge;
+8. the remaining seeds (ranks 2, 4, 16; targets at r = 8).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/hyperparameter_sweep.py [--minutes 50] [--quick]
 
@@ -42,7 +44,6 @@ from lessonlib.sweep import (Outcome, Point, SCHEMES, best_lr, energy_captured, 
 
 STEPS, BATCH, N_TRAIN, N_VAL = 8, 8, 64, 32
 RANKS = (1, 2, 4, 8, 16, 64)
-SCHEME_RANKS = (1, 8, 64)
 LORA_LRS = (1e-3, 4e-3, 1.6e-2)
 EXTRA_LRS = (2.5e-4, 6.4e-2)
 FULL_LRS = (2.5e-5, 1e-4, 4e-4)
@@ -54,50 +55,45 @@ DEFAULT_SVD_OUT = HERE / "results" / "update_rank.csv"
 LAYER_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def first_stages(budget_ranks: dict[str, int]) -> list[list[Point]]:
-    """Stages 1-4 of the grid (fixed in advance)."""
-    ranks = [Point(r=r, seed=s) for s in (0, 1, 2) for r in RANKS]
+def stages(budget_ranks: dict[str, int]) -> list[list[Point]]:
+    """Stages 1-5 of the grid (fixed in advance), the most important first."""
+    ranks = [Point(r=r) for r in RANKS]
     # at r = 8 the three schemes give the same scaling (2): the same model, run once (as alpha16)
-    schemes = [Point(r=r, scheme=sc, lr=lr) for r in SCHEME_RANKS for sc in SCHEMES for lr in LORA_LRS
-               if r != 8 or sc == "alpha16"]
+    schemes = [Point(r=8, lr=lr) for lr in LORA_LRS]
+    schemes += [Point(r=64, scheme=sc, lr=lr) for sc in SCHEMES for lr in LORA_LRS]
     full = [Point(method="full", lr=lr) for lr in FULL_LRS]
-    targets = [Point(targets=t, r=8) for t in ("q,v", "attention", "mlp")]
-    targets += [Point(targets=t, r=budget_ranks[t]) for t in ("q,v", "attention", "mlp")]
-    return [ranks, schemes, full, targets]
+    targets = [Point(targets=t, r=budget_ranks[t]) for t in ("q,v", "attention", "mlp")]
+    targets += [Point(targets=t, r=8) for t in ("q,v", "attention", "mlp")]
+    rank_seeds = [Point(r=r, seed=s) for s in (1, 2) for r in (1, 8, 64)]
+    target_seeds = [Point(targets=t, r=budget_ranks[t], seed=s) for s in (1, 2) for t in ("q,v", "attention", "mlp")]
+    return [ranks, schemes, full, targets, rank_seeds, target_seeds]
 
 
 def edge_points(rows: list[dict]) -> list[Point]:
-    """Stage 5: one learning rate beyond the grid wherever the best rate lies at its edge."""
+    """Stage 7: one learning rate beyond the grid wherever a best rate lies at its edge."""
     out = []
-    for r in SCHEME_RANKS:
-        for sc in SCHEMES if r != 8 else ("alpha16",):
+    for r, scheme_names in ((8, ("alpha16",)), (64, SCHEMES)):
+        for sc in scheme_names:
             group = select(rows, method="lora", targets="all-linear", r=r, scheme=sc, seed=0)
             if len(group) < 2:
                 continue
             best, at_edge = best_lr(group)
             if at_edge:
-                out.append(Point(r=r, scheme=sc, lr=EXTRA_LRS[0] if best == min(g["lr"] for g in group) else EXTRA_LRS[1]))
+                low = best == min(g["lr"] for g in group)
+                out.append(Point(r=r, scheme=sc, lr=EXTRA_LRS[0] if low else EXTRA_LRS[1]))
     group = select(rows, method="full", seed=0)
     if len(group) >= 2:
         best, at_edge = best_lr(group)
         if at_edge:
-            out.append(Point(method="full", lr=FULL_EXTRA_LRS[0] if best == min(g["lr"] for g in group) else FULL_EXTRA_LRS[1]))
+            low = best == min(g["lr"] for g in group)
+            out.append(Point(method="full", lr=FULL_EXTRA_LRS[0] if low else FULL_EXTRA_LRS[1]))
     return out
 
 
-def seed_points(rows: list[dict], budget_ranks: dict[str, int]) -> list[Point]:
-    """Stage 6: seeds 1 and 2 of the target points and of each scheme's best rate at each rank."""
-    out = []
-    for s in (1, 2):
-        for t in ("q,v", "attention", "mlp"):
-            out += [Point(targets=t, r=8, seed=s), Point(targets=t, r=budget_ranks[t], seed=s)]
-    for s in (1, 2):
-        for r in SCHEME_RANKS:
-            for sc in SCHEMES if r != 8 else ("alpha16",):
-                group = select(rows, method="lora", targets="all-linear", r=r, scheme=sc, seed=0)
-                if group:
-                    out.append(Point(r=r, scheme=sc, lr=best_lr(group)[0], seed=s))
-    return out
+def last_points(budget_ranks: dict[str, int]) -> list[Point]:
+    """Stage 8: the remaining seeds of the rank sweep and of the targets at r = 8."""
+    out = [Point(r=r, seed=s) for s in (1, 2) for r in (2, 4, 16)]
+    return out + [Point(targets=t, r=8, seed=s) for s in (1, 2) for t in ("q,v", "attention", "mlp")]
 
 
 def tiny_model(tokenizer):
@@ -221,14 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         grid = [[Point(r=1), Point(r=2), Point(scheme="rslora", r=2), Point(method="full", lr=SVD_LR),
                  Point(targets="mlp", r=2)]]
     else:
-        grid = first_stages(budget_ranks)
+        grid = stages(budget_ranks)
     for stage in grid:
         if not run(stage):
             return 0
     if not args.quick:
         if not run(edge_points(read_rows(args.out))):
             return 0
-        run(seed_points(read_rows(args.out), budget_ranks))
+        run(last_points(budget_ranks))
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min: {args.out}", flush=True)
     return 0
 
