@@ -57,26 +57,18 @@ def mib(value: int | None) -> str:
 
 
 def build(name: str, cfg, method: str, folder: Path, device: str):  # noqa: ANN001
+    """The model as amp-bf16's usual set-up loads it (lessonlib.models.build_model), from a randomly initialised copy."""
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
-    from lessonlib.models import quantization_config
+    from lessonlib.models import build_model
     from lessonlib.params import resolve_config
 
-    lora = LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules="all-linear", task_type="CAUSAL_LM")
-    torch.manual_seed(0)
-    if method == "qlora":
-        saved = folder / name.replace(" ", "_")
-        if not saved.exists():
-            AutoModelForCausalLM.from_config(resolve_config(cfg), dtype=torch.bfloat16).save_pretrained(saved)
-        model = AutoModelForCausalLM.from_pretrained(saved, quantization_config=quantization_config(
-            "nf4-dq", compute_dtype="bf16"), device_map={"": device}, dtype=torch.bfloat16)
-        return get_peft_model(prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), lora)
-    dtype = torch.float32 if method == "full" else torch.bfloat16
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(resolve_config(cfg), dtype=dtype)
-    return model if method == "full" else get_peft_model(model, lora)
+    saved = folder / name.replace(" ", "_")
+    if not saved.exists():
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(resolve_config(cfg), dtype=torch.bfloat16).save_pretrained(saved)
+    return build_model(method, r=RANK, lora_alpha=2 * RANK, source=saved, precision="amp-bf16", device=device)
 
 
 def run(device: str = "cuda") -> list[str]:

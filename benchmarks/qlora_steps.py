@@ -26,18 +26,12 @@ def one_run(with_trl: bool, steps: int = STEPS) -> dict[str, float]:
     import torch
 
     from lessonlib import data, models, train
-    from lessonlib.env import seed_everything
-
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     splits = data.booking_splits(steps * BATCH, 16, 40, seed=0)
     tokenizer = models.load_tokenizer()
     max_new = max(len(tokenizer(e.answer)["input_ids"]) for e in splits.test) + 1
     out: dict[str, float] = {}
-    model = prepare_model_for_kbit_training(models.load_model(quantization="nf4-dq"), use_gradient_checkpointing=False)
-    seed_everything(0)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
+    model = models.build_model("qlora", r=8, lora_alpha=16, seed=0)   # nf4-dq base, prepared, seeded, adapter on
     result = train.train(model, tokenizer, splits.train, steps=steps, batch_size=BATCH, lr=LR, seed=0, progress=False,
                          val_examples=splits.val, eval_every=EVAL_EVERY)
     start = time.perf_counter()
@@ -48,14 +42,14 @@ def one_run(with_trl: bool, steps: int = STEPS) -> dict[str, float]:
         from transformers import PrinterCallback
         from trl import SFTConfig, SFTTrainer
 
-        base = prepare_model_for_kbit_training(models.load_model(quantization="nf4-dq"), use_gradient_checkpointing=False)
+        base = models.load_base("qlora")   # SFTTrainer adds the adapter from peft_config
         cfg = SFTConfig(output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=BATCH,
                         learning_rate=LR, lr_scheduler_type="linear", warmup_steps=max(1, steps // 10),
                         seed=0, completion_only_loss=True, activation_checkpointing=False, bf16=False,
                         use_cpu=not torch.cuda.is_available(), logging_steps=1, save_strategy="no", report_to=[],
                         disable_tqdm=True)
         trainer = SFTTrainer(model=base, args=cfg, train_dataset=data.to_dataset(splits.train),
-                             processing_class=tokenizer, peft_config=lora)
+                             processing_class=tokenizer, peft_config=models.lora_config(r=8, lora_alpha=16))
         trainer.remove_callback(PrinterCallback)
         for p in trainer.model.parameters():
             if p.requires_grad:

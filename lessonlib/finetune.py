@@ -327,7 +327,7 @@ def run(args: FinetuneArguments, extra_callbacks: Sequence[Any] = ()) -> dict[st
     import torch
 
     from lessonlib.env import quiet_library_logs
-    from lessonlib.models import load_model, load_tokenizer
+    from lessonlib.models import load_base, load_tokenizer, lora_config
     from lessonlib.train import evaluate, peak_memory_mib
 
     quiet_library_logs()
@@ -339,7 +339,6 @@ def run(args: FinetuneArguments, extra_callbacks: Sequence[Any] = ()) -> dict[st
     tokenizer = load_tokenizer(args.model)
     train_items, eval_items = load_examples(args, tokenizer)
 
-    from peft import LoraConfig, prepare_model_for_kbit_training
     from trl import SFTTrainer
 
     from lessonlib.data import to_dataset
@@ -351,13 +350,14 @@ def run(args: FinetuneArguments, extra_callbacks: Sequence[Any] = ()) -> dict[st
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # share the cores, do not oversubscribe
     out.mkdir(parents=True, exist_ok=True)
     config = sft_config(args, has_eval=bool(eval_items))
-    model = load_model(args.model, quantization=args.quantization, compute_dtype=args.compute_dtype,
-                       device="cuda" if cuda else "cpu")
-    if args.quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = LoraConfig(r=args.r, lora_alpha=args.alpha, target_modules=args.target_modules,
-                      lora_dropout=args.dropout, task_type="CAUSAL_LM")
+    # The base as build_model prepares it; SFTTrainer adds the adapter (peft_config) and, on an
+    # unquantized base, turns on gradient checkpointing itself (SFTConfig).
+    quantized = args.quantization != "none"
+    model = load_base("qlora" if quantized else "lora", source=args.model,
+                      quantization=args.quantization if quantized else None,
+                      compute_dtype=args.compute_dtype, device="cuda" if cuda else "cpu",
+                      gradient_checkpointing=args.gradient_checkpointing and quantized)
+    lora = lora_config(args.r, args.alpha, args.target_modules, args.dropout)
     trainer = SFTTrainer(model=model, args=config, train_dataset=to_dataset(train_items),
                          eval_dataset=to_dataset(eval_items) if eval_items and args.eval_steps else None,
                          processing_class=tokenizer, peft_config=lora,

@@ -121,16 +121,12 @@ def test_own_data_trains_saves_and_reloads(tiny_model_dir, tmp_path):
 
 def test_the_trainer_path_trains_as_many_parameters_as_the_loop_path(tiny_model_dir, tmp_path):
     """SFTTrainer with a LoraConfig trains exactly what get_peft_model gives the visible loop (lesson 06)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    from lessonlib.models import load_model
+    from lessonlib.models import build_model
 
     args = finetune.parse_arguments(tiny_flags(tiny_model_dir, tmp_path / "run", "--steps", "1", "--n-train", "2",
                                                "--eval-examples", "0", "--score-examples", "0", "--r", "4"))
     report = finetune.run(args)
-    loop_model = get_peft_model(prepare_model_for_kbit_training(load_model(tiny_model_dir, quantization="nf4", device="cpu"),
-                                                                use_gradient_checkpointing=False),
-                                LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    loop_model = build_model("qlora", r=4, lora_alpha=16, source=tiny_model_dir, quantization="nf4", device="cpu")
     assert report["trainable_parameters"] == loop_model.get_nb_trainable_parameters()[0] > 0
 
 

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from lessonlib import memory
+from lessonlib import memory, models
 from lessonlib.env import quiet_library_logs
 
 TINY = dict(model_type="llama", hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
@@ -55,25 +55,9 @@ def saved_models(tmp_path_factory):
 def _build(saved_models, cfg: dict, method: str, precision: str, *, checkpointing: bool = False,
            dropout: float = 0.0, quantization: str = "nf4-dq"):
     """The model as the recipe's usual set-up loads it (see estimate_training_memory's docstring)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    r = memory.recipe(precision)
-    lora = LoraConfig(r=RANK, lora_alpha=8, target_modules="all-linear", lora_dropout=dropout, task_type="CAUSAL_LM")
-    if method == "qlora":
-        from transformers import AutoModelForCausalLM
-
-        from lessonlib.models import quantization_config
-
-        model = AutoModelForCausalLM.from_pretrained(
-            saved_models(cfg), quantization_config=quantization_config(quantization, compute_dtype=r.compute),
-            device_map={"": "cpu"}, dtype=TORCH_DTYPES[r.base])
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-        return get_peft_model(model, lora).train()
-    model = _base(cfg, r.trainable if method == "full" else r.base)
-    if checkpointing:
-        model.activation_checkpointing_enable()  # non-reentrant, transformers' default
-    return (model if method == "full" else get_peft_model(model, lora)).train()
+    return models.build_model(method, r=RANK, lora_alpha=8, lora_dropout=dropout, source=saved_models(cfg),
+                              device="cpu", precision=precision, gradient_checkpointing=checkpointing,
+                              quantization=quantization if method == "qlora" else None).train()
 
 
 def _batch(cfg: dict, batch: int, seq: int, padded: bool = False) -> dict:
@@ -258,11 +242,9 @@ def test_8bit_adamw_state_is_two_bytes_per_weight_plus_scales():
 
 
 @pytest.mark.parametrize("precision", ["amp-bf16", "bf16"])
-def test_16_bit_adapters(precision):
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(r=RANK, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
-    model = get_peft_model(_base(TINY, "bf16"), lora, autocast_adapter_dtype=False).train()  # A and B stay bf16
+def test_16_bit_adapters(saved_models, precision):
+    model = models.build_model("lora", r=RANK, lora_alpha=8, source=saved_models(TINY), device="cpu", dtype="bf16",
+                               autocast_adapter_dtype=False).train()  # A and B stay bf16
     measured = memory.measure_training_step(model, _batch(TINY, 2, 16), _optimizer(model, "adamw"),
                                             autocast=memory.recipe(precision).autocast)
     estimated = memory.estimate_training_memory(TINY, "lora", batch=2, seq=16, rank=RANK, precision=precision,
