@@ -444,12 +444,14 @@ def test_own_cells_run_in_order_just_before_the_answer_that_follows_them():
     roles = [(s.role, s.question, s.code) for s in steps if s.role in ("own", "answer")]
     q2_at = next(i for i, r in enumerate(roles) if r[:2] == ("answer", "q2"))
     assert roles[q2_at - 2: q2_at] == [("own", "q2", "helper_0 = 0"), ("own", "q2", "helper_1 = 1")]
-    assert roles[-1] == ("own", "q4", "helper_2 = 2")  # after the last answer cell
+    last = [marker(c)["answer"] for c in solution["cells"] if "answer" in marker(c) and c["cell_type"] == "code"][-1]
+    assert roles[-1] == ("own", last, "helper_2 = 2")  # after the last answer cell
     assert sum(r[0] == "own" for r in roles) == 3
 
 
 def test_predictions_are_found_in_the_solutions():
-    assert grading.predictions(load(LESSON, "solutions")) == {"q3": {"q3_values": "int"}, "q4": {"q4_rank": "int"}}
+    assert grading.predictions(load(LESSON, "solutions")) == {"q3": {"q3_values": "int"}, "q4": {"q4_rank": "int"},
+                                                              "q9": {"q9_shrink": "float"}}
     assert grading.predictions({"cells": [{"cell_type": "code", "metadata": {"lessonlib": {"answer": "q9"}},
                                            "source": "### BEGIN SOLUTION\nx = -2.5\n### END SOLUTION"}]}) \
         == {"q9": {"x": "float"}}

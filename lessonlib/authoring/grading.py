@@ -305,7 +305,7 @@ def predictions(source: dict) -> dict[str, dict[str, str]]:
     Example:
         >>> import json
         >>> predictions(json.load(open("solutions/01_lora_increment.ipynb")))
-        {'q3': {'q3_values': 'int'}, 'q4': {'q4_rank': 'int'}}
+        {'q3': {'q3_values': 'int'}, 'q4': {'q4_rank': 'int'}, 'q9': {'q9_shrink': 'float'}}
     """
     found: dict[str, dict[str, str]] = {}
     for cell in source.get("cells", []):
