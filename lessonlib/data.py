@@ -41,6 +41,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
+from lessonlib.validation import number_in
+
 SYSTEM_PROMPT = "Convert the booking to JSON."
 """The system message of every booking prompt (shorter than the chat template's default one)."""
 
@@ -647,8 +649,7 @@ def split_off(items: Sequence[Any], fraction: float, seed: int = 0) -> tuple[lis
         >>> len(train), len(held), sorted(train + held) == list(range(10))
         (8, 2, True)
     """
-    if not 0 < fraction < 1:
-        raise ValueError(f"the eval fraction must be between 0 and 1, got {fraction!r}")
+    number_in("the eval fraction", fraction, 0, 1, low_open=True)
     if len(items) < 2:
         raise ValueError(f"need at least 2 examples to hold some out, got {len(items)}")
     n_eval = min(len(items) - 1, max(1, round(fraction * len(items))))

@@ -36,6 +36,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from lessonlib.validation import one_of, positive_int
+
 KERNELS = ("nf4", "dynamic8", "mean")
 """The operations :func:`tolerance` knows: ``nf4`` (which NF4 code ``bitsandbytes.functional.quantize_4bit``
 gives each value), ``dynamic8`` (which 8-bit code ``quantize_blockwise`` gives each value with the signed
@@ -130,11 +132,7 @@ def tolerance(kernel: str, device: str) -> Tolerance:
         ...
         ValueError: device must be one of cpu, cuda, got 'mps'
     """
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    return _TOLERANCES[kernel, device]
+    return _TOLERANCES[one_of("kernel", kernel, KERNELS), one_of("device", device, DEVICES)]
 
 
 @dataclass(frozen=True)
@@ -246,8 +244,7 @@ def blockwise_scaled(x: Any, blocksize: int) -> Any:
     """
     import torch
 
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
-        raise ValueError(f"blocksize must be a positive integer, got {blocksize!r}")
+    positive_int("blocksize", blocksize)
     flat = _flat_cpu(x, "x").float()
     n = flat.numel()
     blocks = math.ceil(n / blocksize)

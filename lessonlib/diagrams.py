@@ -36,6 +36,7 @@ from typing import Any
 from lessonlib.memory import COMPONENT_LABELS, COMPONENTS, GiB, MiB, MemoryBreakdown
 from lessonlib.memory_calculator import COLORS
 from lessonlib.quantization import DTYPES, TORCH_DTYPE_NAMES, bits_per_parameter
+from lessonlib.validation import one_of, positive_int, positive_number
 
 PALETTE = {
     "frozen": COLORS["frozen_weights"],
@@ -83,23 +84,13 @@ def _shape(name: str, value: Any, ndim: int | None = 2) -> tuple[int, ...]:
     return shape
 
 
-def _check_rank(r: Any, where: str) -> int:
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"the rank r must be an integer of at least 1, got {r!r} ({where})")
-    return r
-
-
 def _check_sizes(name: str, shape: tuple[int, ...], meaning: str) -> None:
     if any(n < 1 for n in shape):
         raise ValueError(f"{name} must have positive sizes ({meaning}), got shape {shape}")
 
 
 def _check_alpha(alpha: Any) -> float | None:
-    if alpha is None:
-        return None
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"alpha (lora_alpha) must be a positive number or None, got {alpha!r}")
-    return alpha
+    return None if alpha is None else positive_number("alpha (lora_alpha, or None)", alpha)
 
 
 def _dtype_name(name: str, value: Any) -> str:
@@ -292,12 +283,11 @@ def lora_forward_diagram(W: Any, A: Any, B: Any, *, alpha: float | None = None, 
         ...
         ValueError: the inner sizes must match: A is 8 × 2 (r = 2), so B must have 2 rows, got B of shape (3, 8)
     """
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {', '.join(map(repr, CONVENTIONS))}, got {convention!r}")
+    one_of("convention", convention, CONVENTIONS)
     w, a, b = _shape("W", W), _shape("A", A), _shape("B", B)
     if convention == "x @ W":
         (d_in, d_out), r = w, a[1]
-        _check_rank(r, f"A's columns, A is {_dims(*a)}")
+        positive_int(f"the rank r (A's columns, A is {_dims(*a)})", r)
         _check_sizes("W", w, "d_in × d_out")
         _check_sizes("A", a, "d_in × r")
         _check_sizes("B", b, "r × d_out")
@@ -313,7 +303,7 @@ def lora_forward_diagram(W: Any, A: Any, B: Any, *, alpha: float | None = None, 
         title = "h = x @ W + x @ A @ B" if alpha is None else "h = x @ W + (α/r) · x @ A @ B"
     else:
         (d_out, d_in), r = w, a[0]
-        _check_rank(r, f"lora_A.weight's rows, it is {_dims(*a)}")
+        positive_int(f"the rank r (lora_A.weight's rows, it is {_dims(*a)})", r)
         _check_sizes("W (base_layer.weight)", w, "out × in")
         _check_sizes("A (lora_A.weight)", a, "r × in")
         _check_sizes("B (lora_B.weight)", b, "out × r")
@@ -401,10 +391,9 @@ def qlora_forward_diagram(shape: Any, rank: int, *, alpha: float | None = None, 
     """
     out_f, in_f = _shape("shape", shape)
     _check_sizes("shape", (out_f, in_f), "out × in")
-    r = _check_rank(rank, "rank")
+    r = positive_int("the rank r", rank)
     alpha = _check_alpha(alpha)
-    if quant_type not in ("nf4", "fp4"):
-        raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {quant_type!r}")
+    one_of("quant_type", quant_type, ("nf4", "fp4"))
     if not isinstance(double_quant, bool):
         raise ValueError(f"double_quant must be True or False, got {double_quant!r}")
     bits = bits_per_parameter(blocksize, double_quant=double_quant, nested_blocksize=nested_blocksize)

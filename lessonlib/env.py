@@ -23,6 +23,8 @@ import sys
 import warnings
 from dataclasses import dataclass
 
+from lessonlib.validation import non_negative_int
+
 REPORTED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes")
 """The libraries whose versions the report shows, in this order."""
 
@@ -52,8 +54,7 @@ def seed_everything(seed: int = 0) -> int:
         >>> _ = seed_everything(1); torch.equal(a, torch.randn(3))
         True
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    non_negative_int("seed", seed)
     import numpy as np
     import torch
 
@@ -110,18 +111,6 @@ def package_version(name: str) -> str:
         return "not installed"
 
 
-def default_device() -> str:
-    """Return ``"cuda"`` when a CUDA GPU is usable, else ``"cpu"``.
-
-    Example:
-        >>> default_device() in ("cpu", "cuda")
-        True
-    """
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def check_bitsandbytes_4bit(device: str | None = None) -> tuple[bool, str]:
     """Try a real NF4 round trip with bitsandbytes on ``device``; return ``(works, detail)``.
 
@@ -134,7 +123,9 @@ def check_bitsandbytes_4bit(device: str | None = None) -> tuple[bool, str]:
         >>> works
         True
     """
-    device = device or default_device()
+    from lessonlib.models import resolve_device
+
+    device = resolve_device(device or "auto")
     quiet_library_logs()
     try:
         import torch
@@ -208,11 +199,12 @@ def environment_report(print_report: bool = True) -> EnvironmentReport:
     import torch
 
     from lessonlib import __version__
+    from lessonlib.models import resolve_device
 
     quiet_library_logs()
     versions = {"lessonlib": __version__}
     versions.update({name: package_version(name) for name in REPORTED_PACKAGES})
-    device = default_device()
+    device = resolve_device()
     gpu_name = gpu_memory = None
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)

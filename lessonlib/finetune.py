@@ -47,6 +47,7 @@ from typing import Any, Sequence
 
 from lessonlib.models import QUANTIZATIONS
 from lessonlib.quantization import TORCH_DTYPE_NAMES
+from lessonlib.validation import non_negative_int, number_in, one_of, positive_int, positive_number
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -86,27 +87,18 @@ class FinetuneArguments:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
-        if self.quantization not in QUANTIZATIONS:
-            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
-        if self.compute_dtype not in (None, *TORCH_DTYPE_NAMES, *TORCH_DTYPE_NAMES.values()):
-            raise ValueError(f"compute_dtype must be one of {', '.join(TORCH_DTYPE_NAMES)} (or float32, bfloat16, "
-                             f"float16), got {self.compute_dtype!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        one_of("quantization", self.quantization, QUANTIZATIONS)
+        if self.compute_dtype is not None:
+            one_of("compute_dtype", self.compute_dtype, (*TORCH_DTYPE_NAMES, *TORCH_DTYPE_NAMES.values()))
+        one_of("precision", self.precision, PRECISIONS)
         for name in ("r", "alpha", "steps", "batch_size", "grad_accum", "n_train", "save_steps", "max_length"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, getattr(self, name))
         for name in ("eval_examples", "eval_steps", "score_examples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr must be a finite number above 0, got {self.lr!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
-            raise ValueError(f"eval_fraction must be between 0 and 1, got {self.eval_fraction!r}")
+            non_negative_int(name, getattr(self, name))
+        positive_number("lr", self.lr)
+        number_in("dropout", self.dropout, 0, 1)
+        if self.eval_fraction is not None:
+            number_in("eval_fraction", self.eval_fraction, 0, 1, low_open=True)
         if self.eval_data and self.eval_fraction is not None:
             raise ValueError("give eval_data (a file) or eval_fraction (a share of data), not both")
         if self.eval_data and not self.data:
@@ -232,13 +224,9 @@ def training_precision(args: FinetuneArguments) -> str:
     """
     if args.precision != "auto":
         return args.precision
-    import torch
+    from lessonlib.models import half_dtype, resolve_device
 
-    if not torch.cuda.is_available():
-        return "fp32"
-    from lessonlib.models import half_dtype
-
-    return half_dtype()
+    return "fp32" if resolve_device() == "cpu" else half_dtype()
 
 
 def sft_config(args: FinetuneArguments, has_eval: bool) -> Any:
@@ -249,8 +237,9 @@ def sft_config(args: FinetuneArguments, has_eval: bool) -> Any:
         >>> cfg.max_steps, cfg.completion_only_loss  # doctest: +SKIP
         (4, True)
     """
-    import torch
     from trl import SFTConfig
+
+    from lessonlib.models import resolve_device
 
     precision = training_precision(args)
     evaluate = has_eval and args.eval_steps > 0
@@ -272,7 +261,7 @@ def sft_config(args: FinetuneArguments, has_eval: bool) -> Any:
         activation_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=resolve_device() == "cpu",
         eval_strategy="steps" if evaluate else "no",
         eval_steps=args.eval_steps if evaluate else None,
         save_strategy="steps",
@@ -327,7 +316,7 @@ def run(args: FinetuneArguments, extra_callbacks: Sequence[Any] = ()) -> dict[st
     import torch
 
     from lessonlib.env import quiet_library_logs
-    from lessonlib.models import load_base, load_tokenizer, lora_config
+    from lessonlib.models import load_base, load_tokenizer, lora_config, resolve_device
     from lessonlib.train import evaluate, peak_memory_mib
 
     quiet_library_logs()
@@ -343,8 +332,8 @@ def run(args: FinetuneArguments, extra_callbacks: Sequence[Any] = ()) -> dict[st
 
     from lessonlib.data import to_dataset
 
-    cuda = torch.cuda.is_available()
-    if cuda:
+    device = resolve_device()
+    if device == "cuda":
         torch.cuda.set_device(local_rank)  # "cuda" below is this process's GPU
     elif world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # share the cores, do not oversubscribe
@@ -355,7 +344,7 @@ def run(args: FinetuneArguments, extra_callbacks: Sequence[Any] = ()) -> dict[st
     quantized = args.quantization != "none"
     model = load_base("qlora" if quantized else "lora", source=args.model,
                       quantization=args.quantization if quantized else None,
-                      compute_dtype=args.compute_dtype, device="cuda" if cuda else "cpu",
+                      compute_dtype=args.compute_dtype, device=device,
                       gradient_checkpointing=args.gradient_checkpointing and quantized)
     lora = lora_config(args.r, args.alpha, args.target_modules, args.dropout)
     trainer = SFTTrainer(model=model, args=config, train_dataset=to_dataset(train_items),
@@ -384,7 +373,7 @@ def run(args: FinetuneArguments, extra_callbacks: Sequence[Any] = ()) -> dict[st
         "loss_history": [h["loss"] for h in history if "loss" in h],
         "eval_loss_history": [[h["step"], h["eval_loss"]] for h in history if "eval_loss" in h],
         "train_seconds": seconds,
-        "peak_memory_mib": peak_memory_mib("cuda" if cuda else "cpu"),
+        "peak_memory_mib": peak_memory_mib(device),
         "config": dataclasses.asdict(args),
     }
     (out / f"rank{rank}.json").write_text(json.dumps(report, indent=1))

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lessonlib.quantization import DTYPE_BYTES, DTYPES, FOUR_BIT, packed_bytes, tensor_state_bytes
+from lessonlib.validation import number_in, one_of, positive_int
 
 GiB = 1024**3
 """Bytes in a GiB (2**30): the unit of every memory figure the course prints for a GPU."""
@@ -419,8 +420,7 @@ def measure_training_step(
     """
     import torch
 
-    if autocast not in (None, "bf16", "fp16"):
-        raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
+    one_of("autocast", autocast, (None, "bf16", "fp16"))
     if loss_fn is None:
         loss_fn = _default_loss
     params = list(model.parameters())
@@ -556,31 +556,18 @@ def recipe(precision: str = DEFAULT_PRECISION, *, adapter_dtype: str = "fp32",
         >>> recipe("fp8")
         Traceback (most recent call last):
         ...
-        ValueError: unknown precision 'fp8'; accepted: fp32, bf16, fp16, amp-bf16, amp-fp16
+        ValueError: precision must be one of fp32, bf16, fp16, amp-bf16, amp-fp16, got 'fp8'
     """
-    _check_choice("precision", precision, PRECISIONS)
-    _check_choice("adapter_dtype", adapter_dtype, DTYPES)
+    one_of("precision", precision, PRECISIONS)
+    one_of("adapter_dtype", adapter_dtype, DTYPES)
     if compute_dtype is not None:
-        _check_choice("compute_dtype", compute_dtype, DTYPES)
+        one_of("compute_dtype", compute_dtype, DTYPES)
     if precision == "fp32":
         return Recipe(precision, None, "fp32", "fp32", "fp32", compute_dtype or "fp32")
     half = precision.removeprefix("amp-")
     if precision.startswith("amp-"):
         return Recipe(precision, half, "fp32", half, adapter_dtype, compute_dtype or half)
     return Recipe(precision, None, half, half, adapter_dtype, compute_dtype or half)
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
-    choices = tuple(choices)
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(choices)}")
-    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1078,26 +1065,25 @@ def estimate_training_memory(
         >>> estimate_training_memory("llama-2-7b", "prefix")
         Traceback (most recent call last):
         ...
-        ValueError: unknown method 'prefix'; accepted: full, lora, qlora
+        ValueError: method must be one of full, lora, qlora, got 'prefix'
     """
     from lessonlib.params import count_parameters, resolve_targets
 
-    _check_choice("method", method, METHODS)
+    one_of("method", method, METHODS)
     if dtype is not None:
         if precision is not None:
             raise ValueError("give precision or its older name dtype, not both")
-        precision = _check_choice("dtype", dtype, DTYPES)
+        precision = one_of("dtype", dtype, DTYPES)
         device = "cpu" if device is None else device
     device = "cuda" if device is None else device
     precision = DEFAULT_PRECISION if precision is None else precision
     r = recipe(precision, adapter_dtype=adapter_dtype, compute_dtype=compute_dtype)
-    _check_choice("optimizer", optimizer, OPTIMIZERS)
-    _check_choice("quantization", quantization, QUANTIZATIONS)
-    _check_choice("device", device, DEVICES)
-    _check_positive_int("batch", batch)
-    _check_positive_int("seq", seq)
-    if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, (int, float)) or not 0 <= lora_dropout < 1:
-        raise ValueError(f"lora_dropout must be a number in [0, 1), got {lora_dropout!r}")
+    one_of("optimizer", optimizer, OPTIMIZERS)
+    one_of("quantization", quantization, QUANTIZATIONS)
+    one_of("device", device, DEVICES)
+    positive_int("batch", batch)
+    positive_int("seq", seq)
+    number_in("lora_dropout", lora_dropout, 0, 1)
     s = _shape(model)
     result = MemoryBreakdown(recipe=f"{method}, {precision}, {optimizer}, {device}"
                              + (", gradient checkpointing" if gradient_checkpointing else ""))
@@ -1176,10 +1162,10 @@ def estimate_inference_memory(model: Any, *, batch: int = 1, seq: int = 2048, dt
     """
     from lessonlib.quantization import QUANTIZATIONS as ALL_QUANTIZATIONS
 
-    _check_choice("dtype", dtype, DTYPES)
-    _check_choice("quantization", quantization, ALL_QUANTIZATIONS)
-    _check_positive_int("batch", batch)
-    _check_positive_int("seq", seq)
+    one_of("dtype", dtype, DTYPES)
+    one_of("quantization", quantization, ALL_QUANTIZATIONS)
+    positive_int("batch", batch)
+    positive_int("seq", seq)
     s = _shape(model)
     wbytes = DTYPE_BYTES[dtype]
     result = InferenceMemory()
@@ -1202,12 +1188,13 @@ def estimate_inference_memory(model: Any, *, batch: int = 1, seq: int = 2048, dt
 def add_model_arguments(parser: Any) -> None:
     """Add the options shared by ``memory`` and ``route``: model, batch, seq, rank, targets, precision,
     optimizer (every value checked as it is parsed)."""
-    from lessonlib.params import MODEL_HELP, positive_int
+    from lessonlib.params import MODEL_HELP
+    from lessonlib.validation import positive_int_arg
 
     parser.add_argument("--model", default="llama-2-7b", help=MODEL_HELP + "; default llama-2-7b")
-    parser.add_argument("--batch", type=positive_int, default=1, help="sequences per step (default 1)")
-    parser.add_argument("--seq", type=positive_int, default=512, help="tokens per sequence (default 512)")
-    parser.add_argument("--rank", type=positive_int, default=16, help="LoRA rank (default 16)")
+    parser.add_argument("--batch", type=positive_int_arg, default=1, help="sequences per step (default 1)")
+    parser.add_argument("--seq", type=positive_int_arg, default=512, help="tokens per sequence (default 512)")
+    parser.add_argument("--rank", type=positive_int_arg, default=16, help="LoRA rank (default 16)")
     parser.add_argument("--targets", default="all-linear", help="LoRA targets: all-linear or q_proj,v_proj,...")
     parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
                         help=f"precision recipe (default {DEFAULT_PRECISION}, what Trainer(bf16=True) does)")
@@ -1230,7 +1217,8 @@ def main(argv: list[str] | None = None) -> int:
         fits in 4 GiB
         0
     """
-    from lessonlib.params import CommandLineParser, positive_number, run_command
+    from lessonlib.params import CommandLineParser, run_command
+    from lessonlib.validation import positive_number_arg
 
     parser = CommandLineParser(prog="python -m lessonlib memory",
                                description="Estimate the memory of one training step on a GPU (or a CPU).")
@@ -1241,7 +1229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
     parser.add_argument("--device", default="cuda", choices=list(DEVICES),
                         help="cuda (default; adds the CUDA runtime) or cpu (what a CPU step measures)")
-    parser.add_argument("--gpu-gb", type=positive_number, help="say whether the total fits in this many GiB")
+    parser.add_argument("--gpu-gb", type=positive_number_arg, help="say whether the total fits in this many GiB")
     parser.add_argument("--json", action="store_true", help="print the breakdown as JSON (bytes), for scripts")
 
     def command(args: Any) -> int:

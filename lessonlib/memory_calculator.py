@@ -29,6 +29,7 @@ from typing import Any
 from lessonlib.memory import (ACTIVATION_MODEL_TYPES, COMPONENT_LABELS, COMPONENTS, DEFAULT_PRECISION, METHODS,
                               PRECISIONS, GiB, MemoryBreakdown, estimate_training_memory)
 from lessonlib.widgets import figure_png
+from lessonlib.validation import int_between, number_in, one_of
 
 RESULT_CLASS = "memory-result"
 """CSS class of the HTML widget that shows ``METHOD: X GiB of Y GiB: fits`` (for browser tests)."""
@@ -170,17 +171,11 @@ def memory_calculator(gpu_gb: float = 12, model: str = "llama-2-7b", method: str
     if models is None:
         models = [name for name, cfg in REGISTRY.items() if cfg.get("model_type") in ACTIVATION_MODEL_TYPES]
     models = list(models)
-    if model not in models:
-        raise ValueError(f"model {model!r} is not among the offered models: {', '.join(models)}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; accepted: {', '.join(METHODS)}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
-    if seq not in SEQ_LENGTHS:
-        raise ValueError(f"seq must be one of {', '.join(map(str, SEQ_LENGTHS))}, got {seq!r}")
-    for name, value, top in (("rank", rank, 256), ("batch", batch, 64)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-            raise ValueError(f"{name} must be an integer from 1 to {top}, got {value!r}")
-    if isinstance(gpu_gb, bool) or not isinstance(gpu_gb, (int, float)) or not 1 <= gpu_gb <= 1000:
-        raise ValueError(f"gpu_gb must be a number from 1 to 1000, got {gpu_gb!r}")
+    one_of("model", model, models)
+    one_of("method", method, METHODS)
+    one_of("precision", precision, PRECISIONS)
+    one_of("seq", seq, SEQ_LENGTHS)
+    int_between("rank", rank, 1, 256)
+    int_between("batch", batch, 1, 64)
+    number_in("gpu_gb", gpu_gb, 1, 1000, high_open=False)
     return MemoryCalculator(float(gpu_gb), model, method, rank, batch, seq, checkpointing, models, precision)

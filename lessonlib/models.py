@@ -39,7 +39,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lessonlib.quantization import DTYPES, QUANTIZATIONS, TORCH_DTYPE_NAMES
+from lessonlib.quantization import DTYPES, FOUR_BIT, QUANTIZATIONS, TORCH_DTYPE_NAMES
+from lessonlib.validation import one_of
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
 """The course's base model."""
@@ -237,16 +238,19 @@ def resolve_source(source: str | os.PathLike | None = None) -> str:
 def resolve_device(device: str = "auto") -> str:
     """Return ``"cuda"`` or ``"cpu"`` for ``device`` (``"auto"`` picks CUDA when present).
 
+    The course's one answer to "where does this run?": every module that picks a device asks here.
+
     Example:
+        >>> resolve_device() in ("cpu", "cuda")
+        True
         >>> resolve_device("cpu")
         'cpu'
         >>> resolve_device("tpu")
         Traceback (most recent call last):
         ...
-        ValueError: device must be 'auto', 'cpu' or 'cuda', got 'tpu'
+        ValueError: device must be one of auto, cpu, cuda, got 'tpu'
     """
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    one_of("device", device, ("auto", "cpu", "cuda"))
     import torch
 
     if device == "auto":
@@ -269,20 +273,18 @@ def half_dtype() -> str:
     """
     import torch
 
-    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False):
+    if resolve_device() == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         return "fp16"
     return "bf16"
 
 
-def _torch_dtype(name: str | None, device: str) -> Any:
+def _torch_dtype(what: str, name: str | None, device: str) -> Any:
+    """The torch dtype for the argument ``what`` given as ``name`` (None: the device's default)."""
     import torch
 
     if name is None:
         name = half_dtype() if device == "cuda" else "float32"
-    if name not in _DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or torch's float32, bfloat16, float16), "
-                         f"got {name!r}")
-    return getattr(torch, _DTYPES[name])
+    return getattr(torch, _DTYPES[one_of(what, name, (*DTYPES, *TORCH_DTYPE_NAMES.values()))])
 
 
 def quantization_config(quantization: str = "none", compute_dtype: str | None = None, device: str = "cpu") -> Any:
@@ -302,9 +304,7 @@ def quantization_config(quantization: str = "none", compute_dtype: str | None = 
         ...
         ValueError: quantization must be one of none, nf4, nf4-dq, fp4, got 'int3'
     """
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
-    if quantization == "none":
+    if one_of("quantization", quantization, QUANTIZATIONS) == "none":
         return None
     from transformers import BitsAndBytesConfig
 
@@ -312,7 +312,7 @@ def quantization_config(quantization: str = "none", compute_dtype: str | None = 
         load_in_4bit=True,
         bnb_4bit_quant_type="fp4" if quantization == "fp4" else "nf4",
         bnb_4bit_use_double_quant=quantization == "nf4-dq",
-        bnb_4bit_compute_dtype=_torch_dtype(compute_dtype, device),
+        bnb_4bit_compute_dtype=_torch_dtype("compute_dtype", compute_dtype, device),
     )
 
 
@@ -358,7 +358,7 @@ def load_model(
     """
     # Check every argument before the slow part.
     device = resolve_device(device)
-    weights_dtype = _torch_dtype(dtype, device)
+    weights_dtype = _torch_dtype("dtype", dtype, device)
     bnb_config = quantization_config(quantization, compute_dtype, device)
     where = resolve_source(source)
 
@@ -441,18 +441,16 @@ def load_base(
         >>> load_base("qlora", quantization="none")
         Traceback (most recent call last):
         ...
-        ValueError: quantization must be one of nf4, nf4-dq, fp4 for method 'qlora', got 'none'
+        ValueError: quantization for method 'qlora' must be one of nf4, nf4-dq, fp4, got 'none'
         >>> base = load_base("lora", device="cpu")  # doctest: +SKIP
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    one_of("method", method, METHODS)
     if method != "qlora" and quantization is not None:
         raise ValueError(f"quantization applies to method 'qlora' only, got quantization={quantization!r} "
                          f"for method {method!r}")
-    four_bit = tuple(q for q in QUANTIZATIONS if q != "none")
     quantization = "nf4-dq" if quantization is None else quantization
-    if method == "qlora" and quantization not in four_bit:
-        raise ValueError(f"quantization must be one of {', '.join(four_bit)} for method 'qlora', got {quantization!r}")
+    if method == "qlora":
+        one_of("quantization for method 'qlora'", quantization, FOUR_BIT)
     if precision is not None:
         if dtype is not None or compute_dtype is not None:
             raise ValueError("give either precision or dtype/compute_dtype, not both")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from lessonlib.quantization import DTYPE_BYTES
+from lessonlib.validation import one_of, positive_int, positive_int_arg
 
 if TYPE_CHECKING:  # transformers is imported only when a function needs it
     from transformers import PretrainedConfig
@@ -546,9 +546,7 @@ def dtype_bytes(dtype: str) -> int:
         >>> dtype_bytes("bf16")
         2
     """
-    if dtype not in DTYPE_BYTES:
-        raise ValueError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPE_BYTES)}")
-    return DTYPE_BYTES[dtype]
+    return DTYPE_BYTES[one_of("dtype", dtype, DTYPE_BYTES)]
 
 def format_bytes(n: int) -> str:
     """Return a byte count in binary units (KiB, MiB, GiB: powers of 1024), as the whole course shows them.
@@ -585,8 +583,7 @@ def count_parameters(model: str | Mapping[str, Any] | PretrainedConfig, rank: in
         ...
         ValueError: rank must be a positive integer, got 0
     """
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    positive_int("rank", rank)
     cfg = resolve_config(model)
     names = resolve_targets(cfg, targets)
     chosen = [layer for layer in linear_layers(cfg) if layer.name in names]
@@ -631,7 +628,8 @@ class CommandLineParser(argparse.ArgumentParser):
 
     Example:
         >>> parser = CommandLineParser(prog="demo")
-        >>> _ = parser.add_argument("--rank", type=positive_int)
+        >>> from lessonlib.validation import positive_int_arg
+        >>> _ = parser.add_argument("--rank", type=positive_int_arg)
         >>> parser.parse_args(["--rank", "0"])
         Traceback (most recent call last):
         ...
@@ -641,46 +639,6 @@ class CommandLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2)
-
-
-def positive_int(text: str) -> int:
-    """Parse a command-line value that must be a whole number of at least 1.
-
-    Example:
-        >>> positive_int("16")
-        16
-        >>> positive_int("1e9")
-        Traceback (most recent call last):
-        ...
-        argparse.ArgumentTypeError: must be a whole number of at least 1, got '1e9'
-    """
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return value
-
-
-def positive_number(text: str) -> float:
-    """Parse a command-line value that must be a finite number above 0 (e.g. a GPU's memory).
-
-    Example:
-        >>> positive_number("24")
-        24.0
-        >>> positive_number("inf")
-        Traceback (most recent call last):
-        ...
-        argparse.ArgumentTypeError: must be a finite number above 0, got 'inf'
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
-    return value
 
 
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None, command: Any) -> int:
@@ -725,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = CommandLineParser(prog="python -m lessonlib params",
                                description="Parameter counts for LoRA on a model (computed from its config).")
     parser.add_argument("--model", default="smollm2-135m", help=MODEL_HELP + "; default smollm2-135m")
-    parser.add_argument("--rank", "-r", type=positive_int, default=8, help="LoRA rank r (default 8)")
+    parser.add_argument("--rank", "-r", type=positive_int_arg, default=8, help="LoRA rank r (default 8)")
     parser.add_argument("--targets", default=None,
                         help="comma-separated module names, or all-linear (default q_proj,v_proj; c_attn for gpt2)")
     parser.add_argument("--list", action="store_true", help="list the models in the registry and exit")

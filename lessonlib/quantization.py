@@ -30,6 +30,8 @@ Example:
 
 from __future__ import annotations
 
+from lessonlib.validation import non_negative_int, one_of, positive_int
+
 DTYPES = ("fp32", "bf16", "fp16")
 """The course's names of the plain number formats (weights, activations, compute)."""
 
@@ -53,11 +55,6 @@ BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 """Block sizes that ``bitsandbytes.functional.quantize_4bit`` accepts."""
 
 _PLAIN_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "int8": 8}
-
-
-def _check_blocksize(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer number of values per block, got {value!r}")
 
 
 def bits_per_parameter(blocksize: int = 64, double_quant: bool = False, nested_blocksize: int = 256) -> float:
@@ -84,10 +81,10 @@ def bits_per_parameter(blocksize: int = 64, double_quant: bool = False, nested_b
         >>> bits_per_parameter(0)
         Traceback (most recent call last):
         ...
-        ValueError: blocksize must be a positive integer number of values per block, got 0
+        ValueError: blocksize must be a positive integer, got 0
     """
-    _check_blocksize("blocksize", blocksize)
-    _check_blocksize("nested_blocksize", nested_blocksize)
+    positive_int("blocksize", blocksize)
+    positive_int("nested_blocksize", nested_blocksize)
     if not double_quant:
         return 4 + 32 / blocksize
     return 4 + 8 / blocksize + 32 / (blocksize * nested_blocksize)
@@ -104,7 +101,7 @@ def format_bits(fmt: str, blocksize: int = 64, nested_blocksize: int = 256) -> f
         >>> format_bits("int4")
         Traceback (most recent call last):
         ...
-        ValueError: unknown format 'int4'; accepted: fp32, bf16, fp16, int8, nf4, nf4-dq, fp4
+        ValueError: fmt must be one of fp32, bf16, fp16, int8, nf4, nf4-dq, fp4, got 'int4'
     """
     if fmt in _PLAIN_BITS:
         return _PLAIN_BITS[fmt]
@@ -112,7 +109,7 @@ def format_bits(fmt: str, blocksize: int = 64, nested_blocksize: int = 256) -> f
         return bits_per_parameter(blocksize)
     if fmt == "nf4-dq":
         return bits_per_parameter(blocksize, double_quant=True, nested_blocksize=nested_blocksize)
-    raise ValueError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}")
+    raise ValueError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
 def weight_bytes(n_params: int, fmt: str, blocksize: int = 64, nested_blocksize: int = 256) -> float:
@@ -134,8 +131,7 @@ def weight_bytes(n_params: int, fmt: str, blocksize: int = 64, nested_blocksize:
         ...
         ValueError: n_params must be a non-negative integer, got -1
     """
-    if isinstance(n_params, bool) or not isinstance(n_params, int) or n_params < 0:
-        raise ValueError(f"n_params must be a non-negative integer, got {n_params!r}")
+    non_negative_int("n_params", n_params)
     return n_params * format_bits(fmt, blocksize, nested_blocksize) / 8
 
 
@@ -169,14 +165,12 @@ def tensor_state_bytes(n_weights: int, quantization: str = "nf4-dq", blocksize: 
         >>> tensor_state_bytes(4096, "int4")
         Traceback (most recent call last):
         ...
-        ValueError: unknown 4-bit quantization 'int4'; accepted: nf4, nf4-dq, fp4
+        ValueError: quantization must be one of nf4, nf4-dq, fp4, got 'int4'
     """
-    if quantization not in FOUR_BIT:
-        raise ValueError(f"unknown 4-bit quantization {quantization!r}; accepted: {', '.join(FOUR_BIT)}")
-    _check_blocksize("blocksize", blocksize)
-    _check_blocksize("nested_blocksize", nested_blocksize)
-    if isinstance(n_weights, bool) or not isinstance(n_weights, int) or n_weights < 0:
-        raise ValueError(f"n_weights must be a non-negative integer, got {n_weights!r}")
+    one_of("quantization", quantization, FOUR_BIT)
+    positive_int("blocksize", blocksize)
+    positive_int("nested_blocksize", nested_blocksize)
+    non_negative_int("n_weights", n_weights)
     blocks = -(-n_weights // blocksize)
     code_table = 16 * 4
     if quantization != "nf4-dq":

@@ -15,13 +15,13 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from lessonlib.memory import (ACTIVATION_MODEL_TYPES, METHODS, GiB, MemoryBreakdown, add_model_arguments,
                               estimate_training_memory)
+from lessonlib.validation import number_in, positive_number, positive_number_arg
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,12 +107,8 @@ def choose_route(
         >>> choose_route(12, "llama-2-7b", task_boundary_clear=False).method is None
         True
     """
-    if (isinstance(gpu_memory_gb, bool) or not isinstance(gpu_memory_gb, (int, float))
-            or not math.isfinite(gpu_memory_gb) or gpu_memory_gb <= 0):
-        raise ValueError(f"gpu_memory_gb must be a finite number above 0, got {gpu_memory_gb!r}")
-    if (isinstance(reserve_gb, bool) or not isinstance(reserve_gb, (int, float)) or not math.isfinite(reserve_gb)
-            or reserve_gb < 0 or reserve_gb >= gpu_memory_gb):
-        raise ValueError(f"reserve_gb must be at least 0 and below gpu_memory_gb, got {reserve_gb!r}")
+    positive_number("gpu_memory_gb", gpu_memory_gb)
+    number_in("reserve_gb (below gpu_memory_gb)", reserve_gb, 0, gpu_memory_gb)
     common = dict(batch=batch, seq=seq, rank=rank, targets=targets, precision=precision, optimizer=optimizer,
                   padded=padded)
     estimates = {method: estimate_training_memory(model, method, **common) for method in METHODS}
@@ -193,11 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         ...
         0
     """
-    from lessonlib.params import CommandLineParser, positive_number, run_command
+    from lessonlib.params import CommandLineParser, run_command
 
     parser = CommandLineParser(prog="python -m lessonlib route",
                                description="Choose full fine-tuning, LoRA or QLoRA from the memory each needs.")
-    parser.add_argument("--gpu-gb", type=positive_number, required=True, help="the GPU's memory in GiB")
+    parser.add_argument("--gpu-gb", type=positive_number_arg, required=True, help="the GPU's memory in GiB")
     add_model_arguments(parser)
     parser.add_argument("--unclear-task", action="store_true", help="the task boundary is not clear yet")
     parser.add_argument("--want-larger-model", action="store_true", help="also name the largest model QLoRA fits")

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from lessonlib.data import Example, Scores, answer_of, chat_prompt, collate, encode, score
+from lessonlib.validation import positive_number
 
 MiB = 2**20
 
@@ -100,8 +100,7 @@ class EvalResult:
 
 def _check_positive(**values: Any) -> None:
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
+        positive_number(name, value)
 
 
 def peak_memory_mib(device: str | None = None) -> float:
@@ -116,8 +115,10 @@ def peak_memory_mib(device: str | None = None) -> float:
     """
     import torch
 
+    from lessonlib.models import resolve_device
+
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device()
     if str(device).startswith("cuda"):
         return torch.cuda.max_memory_allocated() / MiB
     import resource
@@ -278,7 +279,7 @@ def train(
         >>> train(object(), None, [], steps=0)
         Traceback (most recent call last):
         ...
-        ValueError: steps must be a positive number, got 0
+        ValueError: steps must be a finite number above 0, got 0
     """
     _check_positive(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every)
     if not examples:
@@ -347,7 +348,7 @@ def generate(
         >>> generate(None, None, [], max_new_tokens=0)
         Traceback (most recent call last):
         ...
-        ValueError: max_new_tokens must be a positive number, got 0
+        ValueError: max_new_tokens must be a finite number above 0, got 0
     """
     _check_positive(max_new_tokens=max_new_tokens, batch_size=batch_size)
     import torch

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Iterable
 from typing import Any, TypeVar
@@ -127,8 +128,58 @@ def one_of(name: str, value: T, choices: Iterable[Any]) -> T:
         Traceback (most recent call last):
         ...
         ValueError: seq must be one of 512, 1024, got 1000
+        >>> one_of("convention", "x @ W.T", ("x @ W", "peft"))
+        Traceback (most recent call last):
+        ...
+        ValueError: convention must be one of 'x @ W', 'peft', got 'x @ W.T'
     """
     choices = tuple(choices)
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        # quoted when a space or a comma in one of them would blur the list
+        quote = any(isinstance(c, str) and (not c or " " in c or "," in c) for c in choices)
+        shown = ", ".join(repr(c) if quote and isinstance(c, str) else str(c) for c in choices)
+        raise ValueError(f"{name} must be one of {shown}, got {value!r}")
+    return value
+
+
+# Command-line values: argparse types, whose message argparse prefixes with the flag's name.
+
+
+def positive_int_arg(text: str) -> int:
+    """Parse a command-line value that must be a whole number of at least 1.
+
+    Example:
+        >>> positive_int_arg("16")
+        16
+        >>> positive_int_arg("1e9")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: must be a whole number of at least 1, got '1e9'
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def positive_number_arg(text: str) -> float:
+    """Parse a command-line value that must be a finite number above 0 (e.g. a GPU's memory).
+
+    Example:
+        >>> positive_number_arg("24")
+        24.0
+        >>> positive_number_arg("inf")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: must be a finite number above 0, got 'inf'
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
     return value

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lessonlib.params import ParamCount, count_parameters, default_targets, linear_layers, registry_names
+from lessonlib.validation import int_between, one_of
 
 TRAINABLE_CLASS = "lora-trainable"
 """CSS class of the HTML widget that shows ``trainable: N`` (for browser tests)."""
@@ -148,8 +149,6 @@ def lora_calculator(model: str = "smollm2-135m", rank: int = 8, targets: Sequenc
         ('trainable: 921,600', 921600)
     """
     models = list(models) if models is not None else registry_names()
-    if model not in models:
-        raise ValueError(f"model {model!r} is not among the offered models: {', '.join(models)}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= max_rank:
-        raise ValueError(f"rank must be an integer from 1 to {max_rank}, got {rank!r}")
+    one_of("model", model, models)
+    int_between("rank", rank, 1, max_rank)
     return LoraCalculator(model, rank, targets, models, max_rank)

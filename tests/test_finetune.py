@@ -61,7 +61,7 @@ def test_config_file_and_flags(tmp_path):
     (["--lr", "inf"], "lr must be a finite number above 0, got inf"),
     (["--lr", "nan"], "lr must be a finite number above 0, got nan"),
     (["--data", "a.jsonl", "--eval-data", "b.jsonl", "--eval-fraction", "0.1"], "not both"),
-    (["--data", "a.jsonl", "--eval-fraction", "1"], "eval_fraction must be between 0 and 1"),
+    (["--data", "a.jsonl", "--eval-fraction", "1"], "eval_fraction must be a number in (0, 1), got 1.0"),
 ])
 def test_bad_values_get_one_line_and_exit_status_2(flags, message, tmp_path, capsys):
     assert finetune.main([*flags, "--output", str(tmp_path / "run")]) == 2

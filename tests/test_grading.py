@@ -543,10 +543,10 @@ def test_which_exercise_from_metadata_or_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--jobs", "0"], "--jobs must be at least 1"),
-    (["--timeout", "0"], "--timeout must be a finite, positive"),
-    (["--timeout", "nan"], "--timeout must be a finite, positive"),
-    (["--timeout", "inf"], "--timeout must be a finite, positive"),
+    (["--jobs", "0"], "--jobs must be a positive integer, got 0"),
+    (["--timeout", "0"], "--timeout (seconds) must be a finite number above 0, got 0.0"),
+    (["--timeout", "nan"], "--timeout (seconds) must be a finite number above 0, got nan"),
+    (["--timeout", "inf"], "--timeout (seconds) must be a finite number above 0, got inf"),
     (["--memory", "0"], "--memory must be at least"),
     (["--memory", "nan"], "--memory must be at least"),
 ])

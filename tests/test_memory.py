@@ -330,16 +330,16 @@ def test_inference_kv_cache_matches_a_real_cache():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(method="prefix"), "unknown method 'prefix'; accepted: full, lora, qlora"),
+    (dict(method="prefix"), "method must be one of full, lora, qlora, got 'prefix'"),
     (dict(batch=0), "batch must be a positive integer, got 0"),
     (dict(seq=-5), "seq must be a positive integer, got -5"),
-    (dict(precision="fp8"), "unknown precision 'fp8'; accepted: fp32, bf16, fp16, amp-bf16, amp-fp16"),
-    (dict(dtype="fp8"), "unknown dtype 'fp8'; accepted: fp32, bf16, fp16"),
+    (dict(precision="fp8"), "precision must be one of fp32, bf16, fp16, amp-bf16, amp-fp16, got 'fp8'"),
+    (dict(dtype="fp8"), "dtype must be one of fp32, bf16, fp16, got 'fp8'"),
     (dict(dtype="bf16", precision="bf16"), "not both"),
-    (dict(optimizer="adam"), "unknown optimizer 'adam'; accepted: adamw, sgd, adamw8bit"),
-    (dict(quantization="int4"), "unknown quantization 'int4'"),
-    (dict(compute_dtype="fp8"), "unknown compute_dtype 'fp8'"),
-    (dict(device="tpu"), "unknown device 'tpu'; accepted: cuda, cpu"),
+    (dict(optimizer="adam"), "optimizer must be one of adamw, sgd, adamw8bit"),
+    (dict(quantization="int4"), "quantization must be one of nf4, nf4-dq, fp4, got 'int4'"),
+    (dict(compute_dtype="fp8"), "compute_dtype must be one of fp32, bf16, fp16, got 'fp8'"),
+    (dict(device="tpu"), "device must be one of cuda, cpu, got 'tpu'"),
     (dict(lora_dropout=1.5), "lora_dropout must be a number in"),
     (dict(rank=0), "rank must be a positive integer"),
     (dict(rank=5000), "rank 5000 is larger than k_proj's smaller dimension"),

@@ -72,9 +72,9 @@ def test_calculator_shows_errors_instead_of_failing():
     assert calc.estimates == {}
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(model="gpt2"), "not among the offered models"),
-                                             (dict(method="prefix"), "unknown method"),
-                                             (dict(precision="fp8"), "unknown precision"),
+@pytest.mark.parametrize("kwargs, message", [(dict(model="gpt2"), "model must be one of smollm2-135m, .*, got 'gpt2'"),
+                                             (dict(method="prefix"), "method must be one of full, lora, qlora, got 'prefix'"),
+                                             (dict(precision="fp8"), "precision must be one of fp32, bf16, fp16, amp-bf16, amp-fp16, got 'fp8'"),
                                              (dict(seq=1000), "seq must be one of"),
                                              (dict(batch=0), "batch must be an integer from 1 to 64"),
                                              (dict(gpu_gb=0), "gpu_gb must be a number")])

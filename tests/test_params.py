@@ -136,7 +136,7 @@ def test_gqa_makes_k_and_v_smaller():
         (lambda: resolve_config({"model_type": "llama", "hidden_size": 8}), "missing 'intermediate_size'"),
         (lambda: resolve_config({"hidden_size": 8}), "missing 'model_type'"),
         (lambda: resolve_config({"model_type": "bert"}), "not supported"),
-        (lambda: count_parameters("gpt2").adapter_bytes("int3"), "accepted: fp32, bf16, fp16"),
+        (lambda: count_parameters("gpt2").adapter_bytes("int3"), "dtype must be one of fp32, bf16, fp16, got 'int3'"),
     ],
 )
 def test_bad_input_is_a_clear_value_error(call, message):

@@ -57,7 +57,7 @@ def test_every_format_is_accepted():
     (lambda: q.bits_per_parameter(0), "blocksize must be a positive integer"),
     (lambda: q.bits_per_parameter(64.0), "blocksize must be a positive integer"),
     (lambda: q.bits_per_parameter(64, True, nested_blocksize=-1), "nested_blocksize must be"),
-    (lambda: q.weight_bytes(10, "int4"), "unknown format 'int4'; accepted: fp32"),
+    (lambda: q.weight_bytes(10, "int4"), "fmt must be one of fp32, bf16, fp16, int8, nf4, nf4-dq, fp4, got 'int4'"),
     (lambda: q.weight_bytes(1.5, "nf4"), "n_params must be a non-negative integer"),
     (lambda: q.weight_bytes(True, "nf4"), "n_params must be a non-negative integer"),
 ])
@@ -84,5 +84,5 @@ def test_vocabulary_is_shared():
 
     assert models.QUANTIZATIONS == q.QUANTIZATIONS and memory.QUANTIZATIONS == q.FOUR_BIT
     assert params.DTYPE_BYTES is q.DTYPE_BYTES and tuple(memory.DTYPES) == q.DTYPES
-    with pytest.raises(ValueError, match="unknown 4-bit quantization 'none'"):
+    with pytest.raises(ValueError, match="quantization must be one of nf4, nf4-dq, fp4, got 'none'"):
         q.tensor_state_bytes(10, "none")

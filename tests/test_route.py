@@ -58,8 +58,8 @@ def test_unclear_task_comes_first():
                                                    (-1, 0.0, "gpu_memory_gb must be"),
                                                    (math.nan, 0.0, "gpu_memory_gb must be"),
                                                    (math.inf, 0.0, "gpu_memory_gb must be"),
-                                                   (8, 9, "reserve_gb must be at least 0"),
-                                                   (8, -1, "reserve_gb must be at least 0")])
+                                                   (8, 9, r"reserve_gb \(below gpu_memory_gb\) must be a number in \[0, 8\), got 9"),
+                                                   (8, -1, r"reserve_gb \(below gpu_memory_gb\) must be a number in \[0, 8\), got -1")])
 def test_bad_input(gpu, reserve, message):
     with pytest.raises(ValueError, match=message):
         route.choose_route(gpu, "llama-2-7b", reserve_gb=reserve)
@@ -82,7 +82,7 @@ def test_cli(capsys):
     (["--gpu-gb", "12", "--rank", "0"], "--rank: must be a whole number of at least 1, got '0'"),
     (["--gpu-gb", "12", "--rank", "5000"],
      "q_proj's smaller dimension (4096 x 4096); with these targets the rank can be at most 4096"),
-    (["--gpu-gb", "12", "--reserve-gb", "12"], "reserve_gb must be at least 0 and below gpu_memory_gb"),
+    (["--gpu-gb", "12", "--reserve-gb", "12"], "reserve_gb (below gpu_memory_gb) must be a number in [0, 12), got 12.0"),
 ])
 def test_cli_bad_values_get_one_line_and_status_2(capsys, args, message):
     assert route.main(args) == 2

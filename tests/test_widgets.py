@@ -36,7 +36,7 @@ def test_invalid_choice_shows_an_error_instead_of_a_count():
 
 
 def test_bad_arguments_are_value_errors():
-    with pytest.raises(ValueError, match="not among the offered models"):
+    with pytest.raises(ValueError, match="model must be one of smollm2-135m, .*, got 'nope'"):
         lora_calculator("nope")
     with pytest.raises(ValueError, match="rank must be an integer from 1 to 128"):
         lora_calculator(rank=0)

@@ -66,6 +66,7 @@ from lessonlib.authoring.kernel_guard import outcome
 from lessonlib.authoring.notebooks import IGNORE_OUTPUT, setup_cell_source
 from lessonlib.authoring.sandbox import Kernel, KernelDied, KernelTimeout, Limits, sandbox_problem
 from lessonlib.requirements import REPO_ROOT
+from lessonlib.validation import positive_int, positive_number
 
 STATUSES = ("ok", "timeout", "crashed", "invalid", "missing-answers", "wrong-exercise")
 """Every status a graded submission can have."""
@@ -797,10 +798,8 @@ def grade(submissions: dict[str, Path], source: Path, jobs: int = 2, timeout: fl
     """
     from tqdm.auto import tqdm
 
-    if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, got {jobs}")
-    if not math.isfinite(timeout) or timeout <= 0:
-        raise ValueError(f"timeout must be a finite, positive number of seconds, got {timeout}")
+    positive_int("jobs", jobs)
+    positive_number("timeout (seconds)", timeout)
     if sandboxed and (problem := sandbox_problem()):
         raise SandboxUnavailable(problem)
     declared = questions(json.loads(Path(source).read_text()))
@@ -987,10 +986,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
-        if args.jobs < 1:
-            raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
-        if not math.isfinite(args.timeout) or args.timeout <= 0:
-            raise ValueError(f"--timeout must be a finite, positive number of seconds, got {args.timeout:g}")
+        positive_int("--jobs", args.jobs)
+        positive_number("--timeout (seconds)", args.timeout)
         if not math.isfinite(args.memory) or args.memory < 0.25:
             raise ValueError(f"--memory must be at least 0.25 GiB, got {args.memory:g}")
         submissions = find_submissions(args.submissions)

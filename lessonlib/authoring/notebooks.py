@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lessonlib.requirements import REPO_ROOT, repository_url
+from lessonlib.validation import positive_int
 
 NOTEBOOK_FOLDERS = ("notebooks", "solutions")
 """Folders whose notebooks are stored executed and checked by nbval (``exercises/`` is generated)."""
@@ -355,8 +356,7 @@ def execute(paths: Iterable[str | os.PathLike], jobs: int = 2, timeout: int = 90
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"no such notebook: {', '.join(missing)}")
-    if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    positive_int("jobs", jobs)
     results: dict[str, list[str]] = {}
     with ProcessPoolExecutor(max_workers=min(jobs, max(len(paths), 1))) as pool:
         futures = {pool.submit(execute_one, p, timeout): p for p in paths}
