@@ -34,8 +34,7 @@ the largest layer (one layer is recomputed at a time). On CUDA the step's
 **Estimate** (:func:`estimate_training_memory`): the same fields from the configuration alone, for
 full fine-tuning, LoRA and QLoRA, any precision recipe, optimizer, batch and sequence length, padded
 batches, LoRA dropout, sliding-window attention, with or without gradient checkpointing; on a CPU it
-equals the measurement to the byte. :func:`estimate_inference_memory` gives weights plus KV cache;
-:func:`runtime_memory` the CUDA runtime's share.
+equals the measurement to the byte. :func:`runtime_memory` gives the CUDA runtime's share.
 
 Example:
     >>> from lessonlib.memory import MemoryBreakdown
@@ -1123,60 +1122,6 @@ def estimate_training_memory(
     if device == "cuda":
         result.runtime_parts = runtime_memory(result, tokens=batch * seq, vocab=s.vocab)
         result.runtime = sum(result.runtime_parts.values())
-    return result
-
-
-@dataclass
-class InferenceMemory:
-    """Bytes to run a model for generation: weights (and 4-bit state) plus the KV cache.
-
-    Example:
-        >>> InferenceMemory(weights=10, quant_state=1, kv_cache=5).total
-        16
-    """
-
-    weights: int = 0
-    quant_state: int = 0
-    kv_cache: int = 0
-
-    @property
-    def total(self) -> int:
-        """weights + quant_state + kv_cache."""
-        return self.weights + self.quant_state + self.kv_cache
-
-
-def estimate_inference_memory(model: Any, *, batch: int = 1, seq: int = 2048, dtype: str = "bf16",
-                              quantization: str = "none") -> InferenceMemory:
-    """Estimate inference memory: the weights (4-bit or not) and the KV cache of ``batch x seq`` tokens.
-
-    The KV cache keeps, per layer and token, a key and a value for every key/value head:
-    ``2 * layers * batch * seq * kv_heads * head_dim`` numbers in ``dtype``. Activations of one
-    forward pass without gradients are short-lived and small next to these, and left out.
-
-    Example:
-        >>> m = estimate_inference_memory("llama-2-7b", batch=1, seq=4096)
-        >>> round(m.weights / GiB, 1), round(m.kv_cache / GiB, 1)
-        (12.6, 2.0)
-        >>> round(estimate_inference_memory("llama-2-7b", quantization="nf4").weights / GiB, 1)
-        3.5
-    """
-    from lessonlib.quantization import QUANTIZATIONS as ALL_QUANTIZATIONS
-
-    one_of("dtype", dtype, DTYPES)
-    one_of("quantization", quantization, ALL_QUANTIZATIONS)
-    positive_int("batch", batch)
-    positive_int("seq", seq)
-    s = _shape(model)
-    wbytes = DTYPE_BYTES[dtype]
-    result = InferenceMemory()
-    if quantization == "none":
-        result.weights = s.base_params * wbytes
-    else:
-        result.weights = sum(layer.count * packed_bytes(layer.in_features * layer.out_features)
-                             for layer in s.linears) + (s.base_params - s.linear_weights) * wbytes
-        result.quant_state = sum(layer.count * tensor_state_bytes(layer.in_features * layer.out_features,
-                                                                  quantization) for layer in s.linears)
-    result.kv_cache = 2 * s.layers * batch * seq * s.kv_heads * s.head_dim * wbytes
     return result
 
 

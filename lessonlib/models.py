@@ -378,15 +378,6 @@ def load_model(
     return model.eval()
 
 
-def load_model_and_tokenizer(source: str | os.PathLike | None = None, **kwargs: Any) -> tuple[Any, Any]:
-    """Return ``(load_model(source, **kwargs), load_tokenizer(source))``.
-
-    Example:
-        >>> model, tokenizer = load_model_and_tokenizer(quantization="nf4")  # doctest: +SKIP
-    """
-    return load_model(source, **kwargs), load_tokenizer(source)
-
-
 def lora_config(r: int = 8, lora_alpha: int = 16, target_modules: str | list[str] = "all-linear",
                 lora_dropout: float = 0.0) -> Any:
     """Return the course's ``peft.LoraConfig`` for a causal language model.

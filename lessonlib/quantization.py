@@ -1,8 +1,9 @@
 """What a weight costs in storage: bits per parameter of 4-bit NF4 (with or without double
 quantization) and bytes of a model's weights in the usual formats.
 
-Lesson 04 derives these numbers from the tensors ``bitsandbytes`` really produces; lesson 05's
-memory calculator uses them. The formats:
+Lesson 04 derives these numbers from the tensors ``bitsandbytes`` really produces; lessons 01, 04
+and 06 and :mod:`lessonlib.diagrams` quote :func:`bits_per_parameter`, and :mod:`lessonlib.memory`
+counts a 4-bit model's bytes with :func:`packed_bytes` and :func:`tensor_state_bytes`. The formats:
 
 - ``fp32``, ``bf16``, ``fp16``: 32 or 16 bits per weight;
 - ``int8``: 8 bits per weight (the per-row or per-block scales of 8-bit schemes are left out);
@@ -14,8 +15,8 @@ memory calculator uses them. The formats:
 The per-tensor constants (the 16- and 256-entry code tables, the one fp32 mean of double
 quantization) are left out: they cost bytes per tensor, not per weight.
 
-The course's words for them are defined here once and used by every module (``lessonlib.models``,
-``params``, ``memory``): :data:`DTYPES` for the plain number formats and :data:`QUANTIZATIONS` for
+The course's words for them are defined here once and used by every module that names a format
+(``models``, ``params``, ``memory``, ``finetune``, ``diagrams``): :data:`DTYPES` for the plain number formats and :data:`QUANTIZATIONS` for
 how a model's linear weights are stored. :func:`tensor_state_bytes` gives the exact bytes of one
 4-bit tensor's quantization state, as bitsandbytes keeps them.
 
