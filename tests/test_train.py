@@ -105,18 +105,24 @@ def test_training_records_the_validation_loss_every_few_steps(tokenizer):
     assert result.eval_losses[-1] != result.eval_losses[0]
 
 
-def test_every_step_is_timed_and_its_tokens_counted(tokenizer):
-    examples = data.booking_splits(6, 0, 0, seed=0).train
-    result = train.train(tiny_model(tokenizer), tokenizer, examples, steps=3, batch_size=2, seed=1, progress=False)
-    assert len(result.step_seconds) == len(result.step_tokens) == 3
-    assert all(s > 0 for s in result.step_seconds) and sum(result.step_seconds) == pytest.approx(result.seconds)
-    # an independent count: the non-padding tokens of the same batches, re-encoded
-    plan = train.batch_indices(len(examples), steps=3, batch_size=2, seed=1)
-    expected = [sum(len(data.encode(tokenizer, examples[i])["input_ids"]) for i in batch) for batch in plan]
-    assert result.step_tokens == expected
-    rates = sorted(n / s for n, s in zip(result.step_tokens, result.step_seconds))
-    assert result.tokens_per_second == rates[1]
-    assert result.median_step_seconds == sorted(result.step_seconds)[1]
+def test_step_times_and_token_counts_of_a_hand_countable_run(tokenizer, monkeypatch):
+    """Four examples of 3, 5, 4 and 6 tokens, 2 steps of 2, seed 0: the plan is [[2, 0], [1, 3]], so the
+    steps hold 4 + 3 = 7 and 5 + 6 = 11 tokens (the one padding token of step 1 not counted). A clock
+    that reads 0, 2, then 10, 15 makes the steps last 2 s and 5 s: 3.5 and 2.2 tokens per second."""
+    from types import SimpleNamespace
+
+    lengths = {"a": 3, "b": 5, "c": 4, "d": 6}
+    monkeypatch.setattr(train, "encode", lambda tok, e: {"input_ids": [7] * lengths[e], "labels": [7] * lengths[e]})
+    clock = iter([0.0, 2.0, 10.0, 15.0])
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    result = train.train(tiny_model(tokenizer), tokenizer, ["a", "b", "c", "d"], steps=2, batch_size=2, seed=0,
+                         progress=False)
+    assert train.batch_indices(4, 2, 2, seed=0) == [[2, 0], [1, 3]]
+    assert result.step_tokens == [7, 11]
+    assert result.step_seconds == [2.0, 5.0] and result.seconds == 7.0
+    assert result.median_step_seconds == 3.5
+    assert result.tokens_per_second == pytest.approx((3.5 + 2.2) / 2)
+    assert result.examples_seen == 4 and len(result.loss_history) == 2
 
 
 def test_generation_leaves_4bit_weights_as_training_sees_them(tokenizer, tmp_path):
