@@ -256,3 +256,21 @@ def install_colab_requirements() -> None:
     from lessonlib.requirements import colab_provided, course_requirements
 
     subprocess.run(colab_install_command(course_requirements(), colab_provided()), check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lessonlib env``: print the environment report; return the exit status.
+
+    Example:
+        >>> main(["--verbose"])   # prints "error: unrecognized arguments: --verbose" on stderr
+        Traceback (most recent call last):
+        ...
+        SystemExit: 2
+    """
+    from lessonlib.params import CommandLineParser
+
+    parser = CommandLineParser(prog="python -m lessonlib env",
+                               description="Print the environment report: versions, device, 4-bit support.")
+    parser.parse_args(sys.argv[1:] if argv is None else argv)
+    environment_report()
+    return 0

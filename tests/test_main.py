@@ -33,12 +33,27 @@ def test_execute_says_clearly_what_is_wrong(tmp_path):
     result = run("notebooks", "execute", str(tmp_path / "nope.ipynb"))
     assert result.returncode == 2 and "no such notebook" in result.stderr
     result = run("notebooks", "execute", "--jobs", "0")
-    assert result.returncode == 2 and "--jobs must be at least 1" in result.stderr
+    assert result.returncode == 2 and "--jobs: must be a whole number of at least 1, got '0'" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_every_command_is_a_modules_main():
+    import importlib
+
+    from lessonlib.__main__ import COMMANDS
+
+    assert {"env", "notebooks", "params", "memory", "route", "finetune", "prepare", "exercises", "grade"} <= set(COMMANDS)
+    for name, (module, _help) in COMMANDS.items():
+        assert callable(importlib.import_module(module).main), name
+    result = run("notebooks", "--help")
+    assert result.returncode == 0 and all(action in result.stdout for action in ("execute", "check", "sync"))
 
 
 def test_unknown_command_is_a_usage_error():
     result = run("frobnicate")
-    assert result.returncode == 2 and "invalid choice" in result.stderr
+    assert result.returncode == 2 and "invalid choice" in result.stderr and result.stderr.count("\n") == 1
+    result = run()
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
 
 
 # --- params, memory and route through `python -m lessonlib`: one line and status 2 for bad values ---

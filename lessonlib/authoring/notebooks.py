@@ -366,3 +366,51 @@ def execute(paths: Iterable[str | os.PathLike], jobs: int = 2, timeout: int = 90
                 bar.set_postfix_str(futures[future].name)
                 bar.update()
     return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lessonlib notebooks execute|check|sync [NB ...]``; return the exit status.
+
+    ``execute`` re-runs notebooks in place in fresh kernels, ``check`` lists their hygiene problems
+    (status 1 if any), ``sync`` rewrites the set-up cell from ``pyproject.toml``. Without paths:
+    every stored lesson and solution. Bad usage: one line on stderr, status 2.
+
+    Example:
+        >>> main(["check", "notebooks/01_lora_increment.ipynb"])
+        1 notebook(s), 0 problem(s)
+        0
+    """
+    from lessonlib.params import CommandLineParser
+    from lessonlib.validation import positive_int_arg
+
+    parser = CommandLineParser(prog="python -m lessonlib notebooks",
+                               description="Execute, check or sync the stored notebooks.")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    run = actions.add_parser("execute", help="re-execute notebooks in place in fresh kernels")
+    run.add_argument("--jobs", type=positive_int_arg, default=2, help="notebooks run at once (default 2)")
+    run.add_argument("--timeout", type=positive_int_arg, default=900, help="seconds allowed per cell (default 900)")
+    actions.add_parser("check", help="list hygiene problems of stored notebooks (status 1 if any)")
+    actions.add_parser("sync", help="rewrite the set-up cell from pyproject.toml, outputs kept")
+    for action in actions.choices.values():
+        action.add_argument("paths", nargs="*", help="notebooks (default: every lesson and solution)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    paths = args.paths or stored_notebooks()
+    missing = [str(p) for p in paths if not os.path.isfile(p)]
+    if missing:
+        print(f"error: no such notebook: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.action == "sync":
+        changed = sync(paths)
+        for path in changed:
+            print(f"updated the set-up cell of {path}")
+        print(f"{len(paths)} notebook(s), {len(changed)} updated")
+        return 0
+    if args.action == "execute":
+        issues = [line for lines in execute(paths, jobs=args.jobs, timeout=args.timeout).values() for line in lines]
+    else:
+        issues = [line for p in paths for line in problems(p)]
+    for line in issues:
+        print(line)
+    print(f"{len(paths)} notebook(s), {len(issues)} problem(s)")
+    return 1 if issues else 0
