@@ -41,7 +41,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
-from lessonlib.validation import number_in
+from lessonlib.validation import non_empty, number_in
 
 SYSTEM_PROMPT = "Convert the booking to JSON."
 """The system message of every booking prompt (shorter than the chat template's default one)."""
@@ -365,8 +365,7 @@ def collate(encoded: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict[
         >>> batch["labels"].tolist()
         [[-100, 6, 7], [8, -100, -100]]
     """
-    if not encoded:
-        raise ValueError("collate needs at least one encoded example, got none")
+    non_empty("collate", encoded, "encoded example")
     import torch
 
     width = max(len(e["input_ids"]) for e in encoded)
@@ -394,8 +393,7 @@ def to_dataset(items: Sequence[Example | dict[str, Any]]) -> Any:
         >>> ds.column_names, len(ds)
         (['prompt', 'completion'], 2)
     """
-    if not items:
-        raise ValueError("to_dataset needs at least one example, got none")
+    non_empty("to_dataset", items)
     from datasets import Dataset
 
     records = [to_record(i) for i in items]

@@ -54,6 +54,14 @@ CONVENTIONS = ("x @ W", "peft")
 ``ΔW = A @ B`` (``W``: d_in × d_out, ``A``: d_in × r, ``B``: r × d_out), or ``peft``'s ``nn.Linear``
 layout (``base_layer.weight``: out × in, ``lora_A.weight``: r × in, ``lora_B.weight``: out × r)."""
 
+# per convention: the matrices' names, their shapes' meanings, and the title without / with alpha
+_LORA_LAYOUTS = {
+    "x @ W": (("W", "A", "B"), ("d_in × d_out", "d_in × r", "r × d_out"),
+              ("h = x @ W + x @ A @ B", "h = x @ W + (α/r) · x @ A @ B")),
+    "peft": (("base_layer.weight", "lora_A.weight", "lora_B.weight"), ("out × in", "r × in", "out × r"),
+             ("h = base_layer(x) + lora_B(lora_A(x))", "h = base_layer(x) + lora_B(lora_A(x)) · α/r")),
+}
+
 METHOD_NAMES = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
 """Headings of :func:`memory_diagram` for the method names of :data:`lessonlib.memory.METHODS`."""
 
@@ -285,39 +293,25 @@ def lora_forward_diagram(W: Any, A: Any, B: Any, *, alpha: float | None = None, 
     """
     one_of("convention", convention, CONVENTIONS)
     w, a, b = _shape("W", W), _shape("A", A), _shape("B", B)
+    names, meanings, title = _LORA_LAYOUTS[convention]
     if convention == "x @ W":
-        (d_in, d_out), r = w, a[1]
-        positive_int(f"the rank r (A's columns, A is {_dims(*a)})", r)
-        _check_sizes("W", w, "d_in × d_out")
-        _check_sizes("A", a, "d_in × r")
-        _check_sizes("B", b, "r × d_out")
-        if b[0] != r:
-            raise ValueError(f"the inner sizes must match: A is {_dims(*a)} (r = {r}), so B must have {r} rows, "
-                             f"got B of shape {b}")
-        if a[0] != d_in:
-            raise ValueError(f"A must have W's {d_in} rows (d_in), got A of shape {a}")
-        if b[1] != d_out:
-            raise ValueError(f"B must have W's {d_out} columns (d_out), got B of shape {b}")
-        names = ("W", "A", "B")
-        meanings = ("d_in × d_out", "d_in × r", "r × d_out")
-        title = "h = x @ W + x @ A @ B" if alpha is None else "h = x @ W + (α/r) · x @ A @ B"
-    else:
-        (d_out, d_in), r = w, a[0]
-        positive_int(f"the rank r (lora_A.weight's rows, it is {_dims(*a)})", r)
-        _check_sizes("W (base_layer.weight)", w, "out × in")
-        _check_sizes("A (lora_A.weight)", a, "r × in")
-        _check_sizes("B (lora_B.weight)", b, "out × r")
-        if b[1] != r:
-            raise ValueError(f"the inner sizes must match: lora_A.weight is {_dims(*a)} (r = {r}), so "
-                             f"lora_B.weight must have {r} columns, got shape {b}")
-        if a[1] != d_in:
-            raise ValueError(f"lora_A.weight must have the layer's {d_in} inputs as columns, got shape {a}")
-        if b[0] != d_out:
-            raise ValueError(f"lora_B.weight must have the layer's {d_out} outputs as rows, got shape {b}")
-        names = ("base_layer.weight", "lora_A.weight", "lora_B.weight")
-        meanings = ("out × in", "r × in", "out × r")
-        title = ("h = base_layer(x) + lora_B(lora_A(x))" if alpha is None
-                 else "h = base_layer(x) + lora_B(lora_A(x)) · α/r")
+        (d_in, d_out), (a_in, r), (b_r, b_out) = w, a, b
+        rows, columns = "rows", "columns"
+    else:  # peft's weights are the transposes: (out × in), (r × in), (out × r)
+        (d_out, d_in), (r, a_in), (b_out, b_r) = w, a, b
+        rows, columns = "columns", "rows"
+    a_name, b_name = names[1], names[2]
+    positive_int(f"the rank r ({a_name}'s {columns}, {a_name} is {_dims(*a)})", r)
+    for name, shape, meaning in zip(names, (w, a, b), meanings):
+        _check_sizes(name, shape, meaning)
+    if b_r != r:
+        raise ValueError(f"the inner sizes must match: {a_name} is {_dims(*a)} (r = {r}), so {b_name} must have {r} "
+                         f"{rows}, got {b_name} of shape {b}")
+    if a_in != d_in:
+        raise ValueError(f"{a_name} must have {names[0]}'s {d_in} {rows} (d_in), got {a_name} of shape {a}")
+    if b_out != d_out:
+        raise ValueError(f"{b_name} must have {names[0]}'s {d_out} {columns} (d_out), got {b_name} of shape {b}")
+    title = title[alpha is not None]
     alpha = _check_alpha(alpha)
     x_label, h_label = _io_labels(x, d_in, d_out)
 

@@ -472,14 +472,8 @@ def build_model(
     target_modules: str | list[str] = "all-linear",
     lora_dropout: float = 0.0,
     seed: int | None = 0,
-    source: str | os.PathLike | None = None,
-    quantization: str | None = None,
-    precision: str | None = None,
-    dtype: str | None = None,
-    compute_dtype: str | None = None,
-    device: str = "auto",
-    gradient_checkpointing: bool = False,
     autocast_adapter_dtype: bool = True,
+    **load: Any,
 ) -> Any:
     """Return the model ready to fine-tune by ``method``: full fine-tuning, LoRA or QLoRA.
 
@@ -494,9 +488,9 @@ def build_model(
         method: ``"full"`` (every weight trains), ``"lora"`` or ``"qlora"``.
         r, lora_alpha, target_modules, lora_dropout: the adapter (ignored by ``"full"``).
         seed: seeds Python, NumPy and torch (:func:`lessonlib.env.seed_everything`); None leaves them.
-        source, quantization, precision, dtype, compute_dtype, device, gradient_checkpointing:
-            how the base is loaded, see :func:`load_base`.
         autocast_adapter_dtype: ``peft``'s switch: True up-casts 16-bit adapters to fp32.
+        **load: how the base is loaded, passed to :func:`load_base`: ``source``, ``quantization``,
+            ``precision``, ``dtype``, ``compute_dtype``, ``device``, ``gradient_checkpointing``.
 
     Raises:
         ValueError: an unknown method (the message lists the accepted ones) or a bad loading argument.
@@ -510,8 +504,7 @@ def build_model(
         >>> model.get_nb_trainable_parameters()  # doctest: +SKIP
         (2442240, 136957248)
     """
-    base = load_base(method, source=source, quantization=quantization, precision=precision, dtype=dtype,
-                     compute_dtype=compute_dtype, device=device, gradient_checkpointing=gradient_checkpointing)
+    base = load_base(method, **load)
     if seed is not None:
         from lessonlib.env import seed_everything
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from lessonlib.data import Example, Scores, answer_of, chat_prompt, collate, encode, score
-from lessonlib.validation import positive_number
+from lessonlib.validation import non_empty, positive_number
 
 MiB = 2**20
 
@@ -217,8 +217,7 @@ def validation_loss(model: Any, tokenizer: Any, examples: Sequence[Example | dic
         ...
         ValueError: validation_loss needs at least one example, got none
     """
-    if not examples:
-        raise ValueError("validation_loss needs at least one example, got none")
+    non_empty("validation_loss", examples)
     import torch
     import torch.nn.functional as F
 
@@ -282,8 +281,7 @@ def train(
         ValueError: steps must be a finite number above 0, got 0
     """
     _check_positive(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every)
-    if not examples:
-        raise ValueError("train needs at least one example, got none")
+    non_empty("train", examples)
     import torch
     from tqdm.auto import tqdm
 
@@ -393,8 +391,7 @@ def evaluate(
         ...
         ValueError: evaluate needs at least one example, got none
     """
-    if not items:
-        raise ValueError("evaluate needs at least one example, got none")
+    non_empty("evaluate", items)
     generations = generate(model, tokenizer, items, max_new_tokens, batch_size)
     return EvalResult(scores=score(generations, [answer_of(e) for e in items]), generations=generations)
 

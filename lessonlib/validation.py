@@ -142,6 +142,20 @@ def one_of(name: str, value: T, choices: Iterable[Any]) -> T:
     return value
 
 
+def non_empty(name: str, items: Any, what: str = "example") -> Any:
+    """Return ``items`` if it holds at least one element, else raise ``ValueError`` (``name``: who needs it).
+
+    Example:
+        >>> non_empty("evaluate", [])
+        Traceback (most recent call last):
+        ...
+        ValueError: evaluate needs at least one example, got none
+    """
+    if not items:
+        raise ValueError(f"{name} needs at least one {what}, got none")
+    return items
+
+
 # Command-line values: argparse types, whose message argparse prefixes with the flag's name.
 
 

@@ -125,7 +125,7 @@ def test_peft_convention_reads_a_real_peft_layer():
     (((8, 8), (8, 0), (0, 8)), {}, "the rank r (A's columns, A is 8 × 0) must be a positive integer, got 0"),
     (((8, 8), (2, 8), (8, 3)), {"convention": "peft"}, "lora_B.weight must have 2 columns"),
     (((8, 8), (0, 8), (8, 0)), {"convention": "peft"},
-     "the rank r (lora_A.weight's rows, it is 0 × 8) must be a positive integer, got 0"),
+     "the rank r (lora_A.weight's rows, lora_A.weight is 0 × 8) must be a positive integer, got 0"),
     (((8, 8, 1), (8, 2), (2, 8)), {}, "W must be a 2-D matrix, got shape (8, 8, 1)"),
     (((8, 8), (8, 2), (2, 8)), {"convention": "x @ W.T"}, "convention must be one of 'x @ W', 'peft'"),
     (((8, 8), (8, 2), (2, 8)), {"alpha": 0}, "alpha (lora_alpha, or None) must be a finite number above 0, got 0"),

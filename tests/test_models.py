@@ -138,6 +138,12 @@ def test_build_model_rejects_bad_arguments_before_loading(monkeypatch, bad, matc
         models.build_model(**bad)
 
 
+def test_build_model_names_a_misspelt_loading_argument(monkeypatch):
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded before checking"))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'dtyp'"):
+        models.build_model("lora", dtyp="fp32")
+
+
 def test_build_model_full_trains_every_weight(tiny_dir):
     model = models.build_model("full", source=tiny_dir, device="cpu")
     assert all(p.requires_grad for p in model.parameters())

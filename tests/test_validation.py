@@ -40,3 +40,11 @@ def test_one_of_lists_the_accepted_values():
         v.one_of("method", "LoRA", ("full", "lora"))
     with pytest.raises(ValueError, match=r"^seq must be one of 512, 1024, got '512'$"):
         v.one_of("seq", "512", (512, 1024))   # a string is not the number
+
+
+def test_non_empty_names_who_needs_what():
+    assert v.non_empty("train", [1]) == [1]
+    with pytest.raises(ValueError, match=r"^train needs at least one example, got none$"):
+        v.non_empty("train", [])
+    with pytest.raises(ValueError, match=r"^collate needs at least one encoded example, got none$"):
+        v.non_empty("collate", (), "encoded example")
