@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lessonlib.authoring.notebooks import stored_notebooks
+    from lessonlib.models import resolve_device
 
     notebooks = args.notebooks or stored_notebooks()
     missing = [str(path) for path in notebooks if not path.is_file() or path.suffix != ".ipynb"]
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         print("\n".join(plan(notebooks)))
         return 0
-    if not torch.cuda.is_available():
+    if resolve_device() == "cpu":
         print(SKIP_MESSAGE)
         return 0
 

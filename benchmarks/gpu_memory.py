@@ -124,7 +124,7 @@ def run(device: str = "cuda") -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
+    from lessonlib.models import resolve_device
 
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--smoke"]:
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv:
         print(f"error: unknown arguments {' '.join(argv)}; accepted: --smoke", file=sys.stderr)
         return 2
-    if not torch.cuda.is_available():
+    if resolve_device() == "cpu":
         print("No CUDA GPU here: benchmarks/gpu_memory.py skipped (run it on a machine with one).")
         return 0
     print("\n".join(run()))

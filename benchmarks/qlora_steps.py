@@ -46,7 +46,7 @@ def one_run(with_trl: bool, steps: int = STEPS) -> dict[str, float]:
         cfg = SFTConfig(output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=BATCH,
                         learning_rate=LR, lr_scheduler_type="linear", warmup_steps=max(1, steps // 10),
                         seed=0, completion_only_loss=True, activation_checkpointing=False, bf16=False,
-                        use_cpu=not torch.cuda.is_available(), logging_steps=1, save_strategy="no", report_to=[],
+                        use_cpu=models.resolve_device() == "cpu", logging_steps=1, save_strategy="no", report_to=[],
                         disable_tqdm=True)
         trainer = SFTTrainer(model=base, args=cfg, train_dataset=data.to_dataset(splits.train),
                              processing_class=tokenizer, peft_config=models.lora_config(r=8, lora_alpha=16))

@@ -41,7 +41,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
-from lessonlib.validation import non_empty, number_in
+from lessonlib.validation import non_empty, number_in, one_of
 
 SYSTEM_PROMPT = "Convert the booking to JSON."
 """The system message of every booking prompt (shorter than the chat template's default one)."""
@@ -532,8 +532,7 @@ def _check_messages(messages: Any, what: str) -> list[dict[str, str]]:
     for i, m in enumerate(messages, 1):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise ValueError(f'message {i} of "{what}" must be an object with string "role" and "content"')
-        if m["role"] not in ("system", "user", "assistant"):
-            raise ValueError(f'message {i} of "{what}" has role {m["role"]!r}; accepted: system, user, assistant')
+        one_of(f'the role of message {i} of "{what}"', m["role"], ("system", "user", "assistant"))
         out.append({"role": m["role"], "content": m["content"]})
     return out
 

@@ -218,7 +218,7 @@ def test_read_jsonl_accepts_both_formats(tmp_path):
     ('{"prompt": "a", "completion": [{"role": "assistant", "content": "b"}]}', "both be strings"),
     ('{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}', "wrong role order"),
     ('{"messages": [{"role": "user", "content": "a"}]}', "wrong role order"),
-    ('{"messages": [{"role": "bot", "content": "a"}]}', "role 'bot'"),
+    ('{"messages": [{"role": "bot", "content": "a"}]}', "must be one of system, user, assistant, got 'bot'"),
     ('{"messages": [{"role": "user", "text": "a"}]}', '"role" and "content"'),
 ])
 def test_read_jsonl_names_the_line_and_the_problem(tmp_path, line, message):
