@@ -190,7 +190,7 @@ def run_point(base: Any, tokenizer: Any, train_examples: Sequence[Any], val_exam
         >>> run_point(None, None, [], [], Point(), steps=0, batch_size=8)
         Traceback (most recent call last):
         ...
-        ValueError: steps must be a positive number, got 0
+        ValueError: steps must be a finite number above 0, got 0
     """
     from lessonlib import train
 
