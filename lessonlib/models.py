@@ -420,7 +420,8 @@ def load_base(
             the dtypes as that recipe's usual set-up loads them (full fine-tuning in the recipe's
             trainable dtype, LoRA and QLoRA bases in its base dtype, QLoRA computing in its compute
             dtype). Excludes ``dtype`` and ``compute_dtype``.
-        dtype, compute_dtype, device: as :func:`load_model` takes them.
+        dtype, device: as :func:`load_model` takes them.
+        compute_dtype: ``"qlora"`` only (ignored otherwise), as :func:`load_model` takes it.
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant; for
             QLoRA through ``prepare_model_for_kbit_training``).
 
