@@ -26,25 +26,13 @@ from typing import Any, Iterable
 
 from lessonlib.memory import GiB, MemoryBreakdown, estimate_training_memory, runtime_memory
 from lessonlib.params import model_shape
+from lessonlib.validation import positive_int, positive_number
 
 SHARDED = ("frozen_weights", "quant_state", "trainable_weights", "weight_copies", "gradients", "optimizer_state")
 """The components that FSDP / ZeRO-3 split across GPUs."""
 
 GATHERED_LAYERS = 2
 """Layers whose full weights each GPU holds at once when sharded: the current one and the next."""
-
-
-def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a whole number of GPUs, 1 or more; got {value!r}")
-    return value
-
-
-def _check_size(gpu_memory_gib: Any) -> float:
-    if isinstance(gpu_memory_gib, bool) or not isinstance(gpu_memory_gib, (int, float)) \
-            or not math.isfinite(gpu_memory_gib) or gpu_memory_gib <= 0:
-        raise ValueError(f"gpu_memory_gib must be a positive number of GiB; got {gpu_memory_gib!r}")
-    return gpu_memory_gib
 
 
 def shard(whole: MemoryBreakdown, n_gpus: int, *, layers: int, tokens: int, vocab: int) -> MemoryBreakdown:
@@ -61,7 +49,7 @@ def shard(whole: MemoryBreakdown, n_gpus: int, *, layers: int, tokens: int, voca
         >>> half.trainable_weights / GiB, half.weight_copies / GiB, half.activations / GiB
         (4.0, 2.0, 1.0)
     """
-    _check_count("n_gpus", n_gpus)
+    positive_int("n_gpus", n_gpus)
     if n_gpus == 1:
         return whole
     read = whole.frozen_weights + whole.quant_state + (whole.weight_copies or whole.trainable_weights)
@@ -111,8 +99,8 @@ def gpus_needed(model: Any, method: str, gpu_memory_gib: float, *, max_gpus: int
         >>> gpus_needed("llama-2-7b", "full", 80, batch=1, seq=512)
         2
     """
-    _check_size(gpu_memory_gib)
-    _check_count("max_gpus", max_gpus)
+    positive_number("gpu_memory_gib", gpu_memory_gib)
+    positive_int("max_gpus", max_gpus)
     return _fewest(_sharder(model, method, estimate), gpu_memory_gib, max_gpus)
 
 
@@ -134,8 +122,8 @@ def gpus_needed_table(models: Iterable[str], methods: Iterable[str], gpu_sizes_g
         >>> gpus_needed_table(["llama-2-7b"], ["full", "qlora"], [24, 80], batch=1, seq=512)
         {('llama-2-7b', 'full'): [7, 2], ('llama-2-7b', 'qlora'): [1, 1]}
     """
-    sizes = [_check_size(size) for size in gpu_sizes_gib]
-    _check_count("max_gpus", max_gpus)
+    sizes = [positive_number("gpu_memory_gib", size) for size in gpu_sizes_gib]
+    positive_int("max_gpus", max_gpus)
     table = {}
     for model in models:
         for method in methods:

@@ -59,13 +59,13 @@ def test_gpus_needed_gives_none_when_no_count_fits():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: shard(MemoryBreakdown(), 0, layers=1, tokens=1, vocab=1), "n_gpus must be a whole number"),
-    (lambda: per_gpu_memory("llama-2-7b", "lora", 2.5), "n_gpus must be a whole number"),
-    (lambda: gpus_needed("llama-2-7b", "lora", float("nan")), "gpu_memory_gib must be a positive number"),
-    (lambda: gpus_needed("llama-2-7b", "lora", -24), "gpu_memory_gib must be a positive number"),
-    (lambda: gpus_needed("llama-2-7b", "lora", 24, max_gpus=0), "max_gpus must be a whole number of GPUs"),
-    (lambda: gpus_needed("llama-2-7b", "lora", True), "gpu_memory_gib must be a positive number"),
-    (lambda: gpus_needed_table(["llama-2-7b"], ["lora"], [24, "80"]), "gpu_memory_gib must be a positive number"),
+    (lambda: shard(MemoryBreakdown(), 0, layers=1, tokens=1, vocab=1), "n_gpus must be a positive integer"),
+    (lambda: per_gpu_memory("llama-2-7b", "lora", 2.5), "n_gpus must be a positive integer"),
+    (lambda: gpus_needed("llama-2-7b", "lora", float("nan")), "gpu_memory_gib must be a finite number above 0"),
+    (lambda: gpus_needed("llama-2-7b", "lora", -24), "gpu_memory_gib must be a finite number above 0"),
+    (lambda: gpus_needed("llama-2-7b", "lora", 24, max_gpus=0), "max_gpus must be a positive integer"),
+    (lambda: gpus_needed("llama-2-7b", "lora", True), "gpu_memory_gib must be a finite number above 0"),
+    (lambda: gpus_needed_table(["llama-2-7b"], ["lora"], [24, "80"]), "gpu_memory_gib must be a finite number above 0"),
 ])
 def test_bad_input_is_refused_clearly(call, message):
     with pytest.raises(ValueError, match=message):
