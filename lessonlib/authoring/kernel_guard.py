@@ -33,7 +33,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 
 def make_guard(key_hex: str, imports: list[str], predictions: dict[str, dict[str, str]], shell: Any,
@@ -151,27 +151,26 @@ def make_guard(key_hex: str, imports: list[str], predictions: dict[str, dict[str
         if ns.get("__builtins__", namespace_builtins) is not namespace_builtins:
             changed.append("__builtins__")
             ns["__builtins__"] = namespace_builtins
+
+        def restore_members(space: dict, members: dict, label: str, put: Callable[[str, Any], None]) -> None:
+            for attr, value in _list(members.items()):
+                if space.get(attr, members) is not value:
+                    if library_wrapper(space.get(attr), value):
+                        members[attr] = space[attr]
+                        continue
+                    changed.append(f"{label}.{attr}")
+                    put(attr, value)
+
         for name, (module, members) in module_snap.items():
             if _modules.get(name) is not module:
                 changed.append(f"sys.modules[{name!r}]")
                 _modules[name] = module
             space = _vars(module)
-            for attr, value in _list(members.items()):
-                if space.get(attr, members) is not value:
-                    if library_wrapper(space.get(attr), value):
-                        members[attr] = space[attr]
-                        continue
-                    changed.append(f"{name}.{attr}")
-                    space[attr] = value
+            restore_members(space, members, name, space.__setitem__)
         for cls, members in classes.values():
             space = _vars(cls)
-            for attr, value in _list(members.items()):
-                if space.get(attr, members) is not value:
-                    if library_wrapper(space.get(attr), value):
-                        members[attr] = space[attr]
-                        continue
-                    changed.append(f"{cls.__module__}.{cls.__qualname__}.{attr}")
-                    _setattr(cls, attr, value)
+            restore_members(space, members, f"{cls.__module__}.{cls.__qualname__}",
+                            lambda attr, value, cls=cls: _setattr(cls, attr, value))
             for attr in _list(space):
                 if attr not in members and attr.startswith("__") and attr.endswith("__") and watched(space[attr]):
                     changed.append(f"{cls.__module__}.{cls.__qualname__}.{attr}")
