@@ -44,6 +44,16 @@ REFERENCE_RANK = 8
 """The rank at which every α scheme gives the same scaling (2)."""
 
 
+def results_path(name: str) -> str:
+    """Path of a stored result of the course's benchmarks (``benchmarks/results/NAME``).
+
+    Example:
+        >>> results_path("hyperparameter_sweep.csv").endswith("hyperparameter_sweep.csv")
+        True
+    """
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results", name)
+
+
 def scaling(scheme: str, r: int) -> float:
     """The factor peft multiplies ``B @ A`` by, for an α ``scheme`` at rank ``r``.
 
