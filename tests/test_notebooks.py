@@ -174,5 +174,5 @@ def test_execute_rejects_missing_files_and_bad_jobs(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such notebook"):
         notebooks.execute([tmp_path / "missing.ipynb"])
     path = _write(tmp_path, [_setup_cell()])
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="jobs must be a positive integer, got 0"):
         notebooks.execute([path], jobs=0)
