@@ -133,6 +133,14 @@ def _model_cache() -> Path | None:
     return path if path.is_dir() else None
 
 
+def _stored_results() -> Path | None:
+    """The course's stored benchmark results (lesson 08 and its exercise plot the sweep from them)."""
+    from lessonlib.sweep import results_path
+
+    path = Path(results_path("")).resolve()
+    return path if path.is_dir() else None
+
+
 def _font_list() -> Path | None:
     """matplotlib's font cache of this user, so that a kernel does not rebuild it (seconds) on every start."""
     folders = [os.environ.get("MPLCONFIGDIR"), os.environ.get("XDG_CACHE_HOME") and Path(os.environ["XDG_CACHE_HOME"]) / "matplotlib",
@@ -149,7 +157,8 @@ def readable_paths() -> list[Path]:
     """Return the folders and files a sandboxed kernel may read, besides ``/usr`` and :data:`ETC_FILES`.
 
     The interpreter's prefix, the virtual environment, the lesson half of ``lessonlib`` (when it
-    is not inside the environment already) and the converted base model.
+    is not inside the environment already), the converted base model and the stored benchmark
+    results (``benchmarks/results``: measured data the lessons plot, no solutions).
 
     Example:
         >>> import sys
@@ -157,7 +166,7 @@ def readable_paths() -> list[Path]:
         True
     """
     wanted = [Path(sys.base_prefix), Path(sys.prefix), Path(sys.executable).resolve().parent.parent,
-              _package_dir(), _model_cache()]
+              _package_dir(), _model_cache(), _stored_results()]
     found: list[Path] = []
     for path in wanted:
         if path is None:
