@@ -29,6 +29,8 @@ import tempfile
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable, Sequence
 
+from lessonlib.validation import positive_int, positive_number
+
 SCHEMES = ("alpha16", "alpha2r", "rslora")
 """α schemes, see the module docstring."""
 
@@ -76,8 +78,7 @@ def lora_alpha(scheme: str, r: int) -> tuple[float, bool]:
         >>> lora_alpha("alpha2r", 4)
         (8.0, False)
     """
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"r must be a positive integer, got {r!r}")
+    positive_int("r", r)
     if scheme == "alpha16":
         return 16.0, False
     if scheme == "alpha2r":
@@ -114,8 +115,7 @@ def equal_budget_rank(targets: str, budget: int, model: str = "smollm2-135m") ->
     """
     from lessonlib.params import count_parameters
 
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ValueError(f"budget must be a positive integer, got {budget!r}")
+    positive_int("budget", budget)
     per_rank = count_parameters(model, 1, target_modules(targets)).trainable
     return max(1, round(budget / per_rank))
 
@@ -204,7 +204,8 @@ def run_point(base: Any, tokenizer: Any, train_examples: Sequence[Any], val_exam
     """
     from lessonlib import train
 
-    train._check_positive(steps=steps, batch_size=batch_size, lr=point.lr)
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("lr", point.lr)):
+        positive_number(name, value)
     model = build(base, point)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result = train.train(model, tokenizer, train_examples, steps=steps, batch_size=batch_size,
@@ -353,8 +354,7 @@ def energy_captured(singular_values: Sequence[float], r: int) -> float:
         >>> energy_captured([3.0, 1.0, 0.0], 1)
         0.9
     """
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"r must be a positive integer, got {r!r}")
+    positive_int("r", r)
     squares = sorted((float(s) ** 2 for s in singular_values), reverse=True)
     total = sum(squares)
     if total == 0:
