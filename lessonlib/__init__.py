@@ -10,7 +10,7 @@ The notebooks teach; this package holds what several notebooks reuse, one module
   data), :mod:`~lessonlib.train` (the visible training loop and evaluation),
   :mod:`~lessonlib.finetune` (the same with TRL's ``SFTTrainer``, as a command),
   :mod:`~lessonlib.forgetting` (what a fine-tune costs elsewhere), :mod:`~lessonlib.sweep`
-  (hyperparameter sweeps);
+  (hyperparameter sweeps), :mod:`~lessonlib.variants` (DoRA, PiSSA, OLoRA, LoftQ, LoRA+);
 - the numbers: :mod:`~lessonlib.params` (parameter counts), :mod:`~lessonlib.quantization`
   (bits and bytes of the number formats), :mod:`~lessonlib.memory` (training memory, measured and
   estimated), :mod:`~lessonlib.route` (choosing a route for a GPU), :mod:`~lessonlib.sharding`

@@ -5,7 +5,8 @@ whole grid and appends one CSV row per point; the lesson reads that CSV, summari
 and re-runs a few points live with the same :func:`run_point`.
 
 A point is a method (``"lora"`` or ``"full"``), target modules, a rank ``r``, an α scheme, a
-learning rate and a seed. The α schemes (peft's scaling is ``lora_alpha / r``, or
+learning rate, a seed and a LoRA variant (lesson 09: ``"dora"``, ``"pissa"``, ...; see
+:mod:`lessonlib.variants`; ``"lora"`` is plain LoRA, lesson 08's only one). The α schemes (peft's scaling is ``lora_alpha / r``, or
 ``lora_alpha / sqrt(r)`` with rsLoRA) all give the scaling 2 at ``r = 8``:
 
 - ``"alpha16"``: α fixed at 16 whatever the rank, scaling ``16 / r``;
@@ -131,8 +132,10 @@ class Point:
     scheme: str = "alpha16"
     lr: float = 4e-3
     seed: int = 0
+    variant: str = "lora"
+    """One of :data:`lessonlib.variants.VARIANTS` (method ``"lora"`` only)."""
 
-    def key(self) -> tuple[str, str, int, str, float, int]:
+    def key(self) -> tuple[str, str, int, str, float, int, str]:
         """The identity of the point in a CSV (the learning rate rounded to 4 significant digits).
 
         Example:
@@ -140,8 +143,8 @@ class Point:
             True
         """
         if self.method == "full":
-            return ("full", "-", 0, "-", float(f"{self.lr:.4g}"), self.seed)
-        return (self.method, self.targets, self.r, self.scheme, float(f"{self.lr:.4g}"), self.seed)
+            return ("full", "-", 0, "-", float(f"{self.lr:.4g}"), self.seed, "-")
+        return (self.method, self.targets, self.r, self.scheme, float(f"{self.lr:.4g}"), self.seed, self.variant)
 
 
 @dataclass
@@ -174,6 +177,9 @@ def build(base: Any, point: Point) -> Any:
     if point.method == "lora":
         alpha, rs = lora_alpha(point.scheme, point.r)
         modules = list(target_modules(point.targets))
+    from lessonlib import variants
+
+    variants.check_variant(point.variant)
     import copy
 
     import torch
@@ -182,11 +188,7 @@ def build(base: Any, point: Point) -> Any:
     model = copy.deepcopy(base)
     if point.method == "full":
         return model.requires_grad_(True)
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=point.r, lora_alpha=alpha, use_rslora=rs, target_modules=modules,
-                        lora_dropout=0.0, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    return variants.apply(model, point.variant, point.r, alpha, modules, use_rslora=rs)
 
 
 def run_point(base: Any, tokenizer: Any, train_examples: Sequence[Any], val_examples: Sequence[Any],
@@ -202,14 +204,15 @@ def run_point(base: Any, tokenizer: Any, train_examples: Sequence[Any], val_exam
         ...
         ValueError: steps must be a finite number above 0, got 0
     """
-    from lessonlib import train
+    from lessonlib import train, variants
 
     for name, value in (("steps", steps), ("batch_size", batch_size), ("lr", point.lr)):
         positive_number(name, value)
     model = build(base, point)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    groups = variants.optimizer_groups(model, point.lr, point.variant) if point.method == "lora" else None
     result = train.train(model, tokenizer, train_examples, steps=steps, batch_size=batch_size,
-                         lr=point.lr, seed=point.seed, progress=False)
+                         lr=point.lr, seed=point.seed, progress=False, param_groups=groups)
     val = train.validation_loss(model, tokenizer, val_examples)
     if point.method == "lora":
         with tempfile.TemporaryDirectory() as folder:
@@ -225,6 +228,9 @@ def run_point(base: Any, tokenizer: Any, train_examples: Sequence[Any], val_exam
 def write_row(path: str | os.PathLike, point: Point, outcome: Outcome, header: Sequence[str] = ()) -> None:
     """Append one point's row to the CSV at ``path`` (creating it with ``header`` comment lines).
 
+    A file made before a column existed (lesson 08's has no ``variant``) keeps its columns; a point
+    that needs the missing column (a variant other than ``"lora"``) is refused.
+
     Example:
         >>> import tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "s.csv")
@@ -233,19 +239,25 @@ def write_row(path: str | os.PathLike, point: Point, outcome: Outcome, header: S
         [0.5]
     """
     new = not os.path.exists(path)
+    columns = COLUMNS
+    if not new:
+        with open(path, newline="") as f:
+            columns = tuple(next(csv.reader(line for line in f if not line.startswith("#")), COLUMNS))
+        if "variant" not in columns and point.variant != "lora":
+            raise ValueError(f"{path} has no variant column: write variant {point.variant!r} to a new file")
     with open(path, "a", newline="") as f:
         if new:
             for line in header:
                 f.write(f"# {line}\n")
-            csv.writer(f).writerow(COLUMNS)
+            csv.writer(f).writerow(columns)
         values = {**asdict(point), **asdict(outcome)}
         values["val_loss"] = f"{outcome.val_loss:.5f}"
         values["train_loss_last"] = f"{outcome.train_loss_last:.5f}"
         values["median_step_s"] = f"{outcome.median_step_s:.3f}"
         values["lr"] = f"{point.lr:.4g}"
         if point.method == "full":                      # no adapter: these settings do not apply
-            values.update(targets="-", r=0, scheme="-")
-        csv.writer(f).writerow([values[c] for c in COLUMNS])
+            values.update(targets="-", r=0, scheme="-", variant="-")
+        csv.writer(f).writerow([values[c] for c in columns])
 
 
 _TYPES = {"r": int, "seed": int, "trainable": int, "adapter_bytes": int, "lr": float,

@@ -250,6 +250,7 @@ def train(
     weight_decay: float = 0.0,
     val_examples: Sequence[Example] = (),
     eval_every: int = 4,
+    param_groups: Sequence[dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``examples`` for ``steps`` AdamW steps; return the loss history and timing.
 
@@ -270,6 +271,8 @@ def train(
         weight_decay: AdamW weight decay.
         val_examples: validation examples (none: no validation loss).
         eval_every: steps between two validation losses.
+        param_groups: AdamW parameter groups, each with its own ``lr`` (LoRA+ gives B a larger one,
+            :func:`lessonlib.variants.optimizer_groups`); None: one group of every trainable parameter at ``lr``.
 
     Raises:
         ValueError: no trainable parameter, no examples, or a non-positive budget.
@@ -293,7 +296,7 @@ def train(
     device = _device_of(model)
     encoded = [encode(tokenizer, e) for e in examples]
     plan = batch_indices(len(encoded), steps, batch_size, seed)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(params if param_groups is None else param_groups, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps))
 
     result = TrainResult(loss_history=[], seconds=0.0, steps=steps, batch_size=batch_size,
