@@ -10,7 +10,8 @@ The notebooks teach; this package holds what several notebooks reuse, one module
   data), :mod:`~lessonlib.train` (the visible training loop and evaluation),
   :mod:`~lessonlib.finetune` (the same with TRL's ``SFTTrainer``, as a command),
   :mod:`~lessonlib.forgetting` (what a fine-tune costs elsewhere), :mod:`~lessonlib.sweep`
-  (hyperparameter sweeps), :mod:`~lessonlib.variants` (DoRA, PiSSA, OLoRA, LoftQ, LoRA+);
+  (hyperparameter sweeps), :mod:`~lessonlib.variants` (DoRA, PiSSA, OLoRA, LoftQ, LoRA+),
+  :mod:`~lessonlib.adapters` (scoring short answers in one forward pass, the bytes an adapter adds);
 - the numbers: :mod:`~lessonlib.params` (parameter counts), :mod:`~lessonlib.quantization`
   (bits and bytes of the number formats), :mod:`~lessonlib.memory` (training memory, measured and
   estimated), :mod:`~lessonlib.route` (choosing a route for a GPU), :mod:`~lessonlib.sharding`

@@ -22,7 +22,9 @@ Pieces, reused by lessons 06-10:
     valid-JSON rate, per-field accuracy, and confidence intervals for a rate and for the
     difference of two rates on the same examples;
     :func:`read_jsonl` - read and validate a student's own JSONL file (one clear
-    :class:`DataError` naming the line).
+    :class:`DataError` naming the line);
+    :func:`short_task_splits` - two short tasks for lesson 10's second adapter (a date in a
+    sentence -> ``MM-DD``; a message -> one of four labels), with the same disjoint pools.
 
 Example:
     >>> splits = booking_splits(4, 2, 2, seed=0)
@@ -173,6 +175,8 @@ class Example:
 
     text: str
     answer: str
+    system: str = field(default=SYSTEM_PROMPT, repr=False)
+    """The system message the example is asked with (the booking task's by default)."""
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -232,6 +236,14 @@ def _draw(n: int, pool: Pool, rng: random.Random, seen: set[str]) -> list[Exampl
     return examples
 
 
+def _check_sizes(n_train: int, n_val: int, n_test: int, most: int) -> None:
+    sizes = (n_train, n_val, n_test)
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in sizes) or sum(sizes) == 0:
+        raise ValueError(f"split sizes must be non-negative integers with a positive total, got {sizes}")
+    if max(sizes) > most:
+        raise ValueError(f"at most {most} examples per split can be drawn, got {sizes}")
+
+
 def booking_splits(n_train: int, n_val: int, n_test: int, seed: int = 0) -> Splits:
     """Return train / validation / test examples, deterministic in ``seed``.
 
@@ -256,11 +268,7 @@ def booking_splits(n_train: int, n_val: int, n_test: int, seed: int = 0) -> Spli
         ...
         ValueError: split sizes must be non-negative integers with a positive total, got (-1, 0, 0)
     """
-    sizes = (n_train, n_val, n_test)
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in sizes) or sum(sizes) == 0:
-        raise ValueError(f"split sizes must be non-negative integers with a positive total, got {sizes}")
-    if max(sizes) > 5000:
-        raise ValueError(f"at most 5000 examples per split can be drawn, got {sizes}")
+    _check_sizes(n_train, n_val, n_test, 5000)
     rng = random.Random(seed)
     seen: set[str] = set()
     train = _draw(n_train, TRAIN_POOL, rng, seen)
@@ -272,11 +280,145 @@ def booking_splits(n_train: int, n_val: int, n_test: int, seed: int = 0) -> Spli
     return Splits(train, val, test)
 
 
+# --- two short tasks: dates and message labels ---------------------------------------------------
+# Lesson 10 needs two adapters for two different jobs, each trained in seconds: short prompts,
+# answers of a few tokens. Like the booking task, each is drawn from a training pool and a disjoint
+# held-out pool (asserted), so the held-out score measures what was learnt, not what was memorised.
+
+DATE_SYSTEM_PROMPT = "Write the date as MM-DD."
+"""The system message of the date task."""
+
+LABEL_SYSTEM_PROMPT = "Label the message."
+"""The system message of the label task."""
+
+LABELS = ("booking", "cancel", "complaint", "question")
+"""The answers of the label task."""
+
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+# Date formats are the skill and appear in both pools (as the booking task's do); the sentences
+# around them and the dates themselves are split.
+_DATE_FORMATS = ("{day} {month}", "{month} {day}", "{mon} {day}", "the {nth} of {month}")
+_DATE_SENTENCES = ("See you on {date}.", "The party is on {date}.", "Deadline: {date}", "{date} works for me.",
+                   "Can we meet on {date}?", "It opens on {date}.", "Born {date}.", "Due {date}",
+                   "Let's say {date} then.", "The flight leaves on {date}.", "{date}, please.", "Is {date} free?")
+_LABEL_SENTENCES = {
+    "booking": ("Table for {people} on {day}, please.", "Can {name} reserve for {day}?",
+                "We'd like to come on {day}, {people} of us.", "Book us in for {day} evening. {name}",
+                "Is there room for {people} on {day}? {name}", "{name} here, I want a table on {day}.",
+                "Please hold {people} seats for {day}.", "Reserve a table for {name} on {day}."),
+    "cancel": ("{name} can't make it on {day}, please cancel.", "Cancel my table for {day}. {name}",
+               "We won't come on {day} after all. {name}", "Please drop the booking under {name}.",
+               "Sorry, call off {day}'s reservation.", "{name} cancelling the table for {people}.",
+               "No longer need the table on {day}.", "Scrap our booking for {day}, thanks."),
+    "complaint": ("The soup was cold on {day}.", "{name} here: we waited an hour on {day}.",
+                  "Our waiter was rude on {day}.", "The bill for {people} was wrong. {name}",
+                  "Too noisy on {day}, very disappointed.", "{name}: the fish was not fresh.",
+                  "We were {people} and got one menu. Awful.", "The table was dirty on {day}."),
+    "question": ("Do you open on {day}?", "Is there parking? {name}", "What time do you close on {day}?",
+                 "Do you have a vegan menu? {name}", "Can {people} people sit outside?",
+                 "{name} asking: do you take cards?", "Is the kitchen open late on {day}?", "Are dogs allowed?"),
+}
+_DATE_SENTENCES_TRAIN, _DATE_SENTENCES_HELD_OUT = _split_off(_DATE_SENTENCES, 4, seed=8)
+_LABEL_SENTENCES_SPLIT = {label: _split_off(t, 4, seed=9 + i) for i, (label, t) in enumerate(_LABEL_SENTENCES.items())}
+_WEEKDAYS_TRAIN, _WEEKDAYS_HELD_OUT = _split_off(WEEKDAYS, 4, seed=13)
+for _a, _b in [(_DATE_SENTENCES_TRAIN, _DATE_SENTENCES_HELD_OUT), (_WEEKDAYS_TRAIN, _WEEKDAYS_HELD_OUT),
+               *_LABEL_SENTENCES_SPLIT.values()]:
+    assert _a and _b and not set(_a) & set(_b), "a short task's train and held-out pools overlap"
+
+
+def _nth(day: int) -> str:
+    return f"{day}{'th' if 10 < day % 100 < 14 else {1: 'st', 2: 'nd', 3: 'rd'}.get(day % 10, 'th')}"
+
+
+def date_example(rng: random.Random, held_out: bool = False) -> Example:
+    """Draw one example of the date task: a short sentence holding a date -> the date as ``MM-DD``.
+
+    Dates and sentences come from the training pool, or with ``held_out`` from the disjoint
+    held-out pool (the same dates as the booking task's pools); the four date formats appear in both.
+
+    Example:
+        >>> e = date_example(random.Random(1))
+        >>> e.text, e.answer
+        ('It opens on 21 February.', '02-21')
+        >>> e.system
+        'Write the date as MM-DD.'
+    """
+    month, day = rng.choice(_DATES_HELD_OUT if held_out else _DATES_TRAIN)
+    name = MONTHS[month - 1]
+    date = rng.choice(_DATE_FORMATS).format(day=day, month=name, mon=name[:3], nth=_nth(day))
+    sentence = rng.choice(_DATE_SENTENCES_HELD_OUT if held_out else _DATE_SENTENCES_TRAIN).format(date=date)
+    return Example(text=sentence[0].upper() + sentence[1:], answer=f"{month:02d}-{day:02d}", system=DATE_SYSTEM_PROMPT)
+
+
+def label_example(rng: random.Random, held_out: bool = False) -> Example:
+    """Draw one example of the label task: a message to a restaurant -> one of :data:`LABELS`.
+
+    Sentences, names, party sizes and weekdays come from the training pool, or with ``held_out``
+    from the disjoint held-out pool; every label has sentences in both.
+
+    Example:
+        >>> e = label_example(random.Random(0), held_out=True)
+        >>> e.answer in LABELS, e.system
+        (True, 'Label the message.')
+    """
+    label = rng.choice(LABELS)
+    sentences = _LABEL_SENTENCES_SPLIT[label][1 if held_out else 0]
+    names, people, days = ((_NAMES_HELD_OUT, _PEOPLE_HELD_OUT, _WEEKDAYS_HELD_OUT) if held_out
+                           else (_NAMES_TRAIN, _PEOPLE_TRAIN, _WEEKDAYS_TRAIN))
+    text = rng.choice(sentences).format(name=rng.choice(names), people=rng.choice(people), day=rng.choice(days))
+    return Example(text=text, answer=label, system=LABEL_SYSTEM_PROMPT)
+
+
+SHORT_TASKS = {"dates": date_example, "labels": label_example}
+"""The short tasks by name, each a function ``(rng, held_out) -> Example``."""
+
+
+def short_task_splits(task: str, n_train: int, n_val: int, n_test: int, seed: int = 0) -> Splits:
+    """Return train / validation / test examples of a short task (``"dates"`` or ``"labels"``).
+
+    Training examples come from the task's training pool, validation and test from its held-out
+    pool (no sentence template, date, name, party size or weekday in common, asserted); no text
+    appears twice across the splits. Deterministic in ``seed``.
+
+    Raises:
+        ValueError: an unknown task, or sizes as :func:`booking_splits` refuses them (at most 500 each).
+
+    Example:
+        >>> s = short_task_splits("dates", 3, 1, 2, seed=0)
+        >>> [len(x) for x in s], s.test[0].answer
+        ([3, 1, 2], '05-06')
+        >>> short_task_splits("sums", 1, 1, 1)
+        Traceback (most recent call last):
+        ...
+        ValueError: task must be one of dates, labels, got 'sums'
+    """
+    one_of("task", task, tuple(SHORT_TASKS))
+    _check_sizes(n_train, n_val, n_test, 500)
+    make, rng, seen = SHORT_TASKS[task], random.Random(seed), set()
+
+    def draw(n: int, held_out: bool) -> list[Example]:
+        out: list[Example] = []
+        while len(out) < n:
+            example = make(rng, held_out)
+            if example.text not in seen:
+                seen.add(example.text)
+                out.append(example)
+        return out
+
+    train, held = draw(n_train, False), draw(n_val + n_test, True)
+    if task == "dates":
+        assert not {e.answer for e in train} & {e.answer for e in held}, "a held-out date was seen in training"
+    return Splits(train, held[:n_val], held[n_val:])
+
+
 Messages = list[dict[str, str]]
 
 
 def chat_messages(example: Example | str, with_answer: bool = False) -> Messages:
-    """Return the conversation for a booking: the short system message, the user's text (and the answer).
+    """Return the conversation: the example's short system message, the user's text (and the answer).
+
+    A text is asked with the booking task's system message.
 
     Example:
         >>> [m["role"] for m in chat_messages("Table for 2 on 3 May at 12:00, name Jo.")]
@@ -285,7 +427,8 @@ def chat_messages(example: Example | str, with_answer: bool = False) -> Messages
         {'role': 'assistant', 'content': '{}'}
     """
     text = example.text if isinstance(example, Example) else example
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]
+    system = example.system if isinstance(example, Example) else SYSTEM_PROMPT
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
     if with_answer:
         if not isinstance(example, Example):
             raise ValueError("with_answer=True needs an Example (a text has no answer)")

@@ -265,3 +265,72 @@ def test_split_off_holds_out_a_seeded_share():
     assert (train, held) == data.split_off(list(range(20)), 0.1, seed=1)
     with pytest.raises(ValueError):
         data.split_off([1], 0.5)
+
+
+# --- the short tasks (lesson 10) ---
+
+@pytest.mark.parametrize("task", sorted(data.SHORT_TASKS))
+def test_short_task_splits_are_deterministic_and_never_repeat_a_text(task):
+    a = data.short_task_splits(task, 120, 20, 40, seed=2)
+    assert a == data.short_task_splits(task, 120, 20, 40, seed=2)
+    assert a != data.short_task_splits(task, 120, 20, 40, seed=3)
+    assert [len(s) for s in a] == [120, 20, 40]
+    texts = [e.text for s in a for e in s]
+    assert len(set(texts)) == len(texts)
+
+
+def test_date_task_holds_out_dates_and_sentences_and_answers_the_date_in_the_text():
+    splits = data.short_task_splits("dates", 300, 0, 100, seed=0)
+    assert not {e.answer for e in splits.train} & {e.answer for e in splits.test}
+    for part, held_out in ((splits.train, False), (splits.test, True)):
+        own = data._DATE_SENTENCES_HELD_OUT if held_out else data._DATE_SENTENCES_TRAIN
+        for e in part:
+            assert e.system == data.DATE_SYSTEM_PROMPT and re.fullmatch(r"\d\d-\d\d", e.answer)
+            month, day = (int(x) for x in e.answer.split("-"))
+            name = data.MONTHS[month - 1]
+            assert re.search(rf"\b{day}\b|\b{data._nth(day)}\b", e.text) and name[:3] in e.text, e
+            pattern = "|".join(re.escape(t).replace(re.escape("{date}"), ".+") for t in own)
+            assert re.fullmatch(pattern, e.text, flags=re.IGNORECASE), e.text
+    # all four date formats appear in training, ordinals are right
+    assert [data._nth(d) for d in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23)] == \
+        ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd"]
+
+
+def test_label_task_holds_out_sentences_names_and_weekdays_and_covers_every_label():
+    splits = data.short_task_splits("labels", 300, 0, 100, seed=0)
+    for part, side in ((splits.train, 0), (splits.test, 1)):
+        assert {e.answer for e in part} == set(data.LABELS)
+        for e in part:
+            own = data._LABEL_SENTENCES_SPLIT[e.answer][side]
+            other = data._LABEL_SENTENCES_SPLIT[e.answer][1 - side]
+            slots = {"{name}": r"[A-Za-z]+", "{people}": r"\d+", "{day}": r"[A-Za-z]+"}
+
+            def matches(templates):
+                for t in templates:
+                    p = re.escape(t)
+                    for slot, rx in slots.items():
+                        p = p.replace(re.escape(slot), rx)
+                    if re.fullmatch(p, e.text):
+                        return True
+                return False
+            assert matches(own) and not matches(other), e.text
+            days = data._WEEKDAYS_HELD_OUT if side else data._WEEKDAYS_TRAIN
+            assert not any(d in e.text for d in set(data.WEEKDAYS) - set(days)), e.text
+
+
+def test_short_tasks_use_their_own_system_message(tokenizer):
+    e = data.short_task_splits("labels", 1, 0, 0).train[0]
+    assert data.chat_messages(e)[0]["content"] == data.LABEL_SYSTEM_PROMPT
+    assert data.LABEL_SYSTEM_PROMPT in data.chat_prompt(tokenizer, e)
+    enc = data.encode(tokenizer, e)
+    assert tokenizer.decode([t for t in enc["labels"] if t != data.IGNORE_INDEX]) == e.answer + tokenizer.eos_token + "\n"
+    assert max(len(data.encode(tokenizer, x)["input_ids"]) for t in data.SHORT_TASKS
+               for x in data.short_task_splits(t, 50, 0, 0).train) < 45  # short: cheap CPU steps
+
+
+@pytest.mark.parametrize("args, message", [(("sums", 1, 1, 1), "task must be one of dates, labels"),
+                                           (("dates", 501, 0, 0), "at most 500"),
+                                           (("labels", 0, 0, 0), "positive total")])
+def test_short_task_splits_refuse_bad_arguments(args, message):
+    with pytest.raises(ValueError, match=message):
+        data.short_task_splits(*args)
