@@ -974,6 +974,7 @@ def estimate_training_memory(
     device: str | None = None,
     input_grads: bool | None = None,
     dtype: str | None = None,
+    dora: bool = False,
 ) -> MemoryBreakdown:
     """Estimate the memory of one training step from a model's configuration (nothing is built).
 
@@ -1043,6 +1044,12 @@ def estimate_training_memory(
         adapter_dtype: LoRA's A and B (``peft`` default: fp32; ignored under ``fp32``).
         device: ``"cuda"`` (the default: a GPU, runtime included) or ``"cpu"`` (what a CPU step holds).
         input_grads: whether the frozen embeddings' output requires a gradient (see above).
+        dora: DoRA (``use_dora=True``, LoRA and QLoRA only): its magnitude vectors (one number per
+            output row of each adapted layer) are counted exactly in the trainable weights, gradients and
+            optimizer state. **Not** in the activations: DoRA's forward keeps more tensors (the base
+            output, the rescaled adapter output, the norms of the merged weight), which this estimate
+            leaves out, so for DoRA the activations (and the total) are a lower bound; lesson 09
+            measures how much more a DoRA step keeps.
         dtype: older name of ``precision`` (``"fp32"``, ``"bf16"`` or ``"fp16"``: the pure recipes), kept
             for older notebooks: with it and no ``device``, the estimate leaves the CUDA runtime out,
             as it used to.
@@ -1069,6 +1076,8 @@ def estimate_training_memory(
     from lessonlib.params import count_parameters, resolve_targets
 
     one_of("method", method, METHODS)
+    if dora and method == "full":
+        raise ValueError("dora applies to the methods lora and qlora, not full")
     if dtype is not None:
         if precision is not None:
             raise ValueError("give precision or its older name dtype, not both")
@@ -1085,14 +1094,15 @@ def estimate_training_memory(
     number_in("lora_dropout", lora_dropout, 0, 1)
     s = _shape(model)
     result = MemoryBreakdown(recipe=f"{method}, {precision}, {optimizer}, {device}"
-                             + (", gradient checkpointing" if gradient_checkpointing else ""))
+                             + (", gradient checkpointing" if gradient_checkpointing else "")
+                             + (", DoRA (its extra activations not counted: a lower bound)" if dora else ""))
     names: tuple[str, ...] = ()
     if method == "full":
         state_bytes = DTYPE_BYTES[r.trainable]
         result.trainable_weights = s.base_params * state_bytes
         tensor_sizes = _full_tensor_sizes(s)
     else:
-        count = count_parameters(model, rank=rank, targets=targets)
+        count = count_parameters(model, rank=rank, targets=targets, dora=dora)
         names = resolve_targets(model, targets)
         state_bytes = DTYPE_BYTES[r.adapter]
         result.trainable_weights = count.trainable * state_bytes
@@ -1100,6 +1110,8 @@ def estimate_training_memory(
         for layer in (*s.linears, s.head):
             if layer.name in names:
                 tensor_sizes += [rank * layer.in_features, layer.out_features * rank] * layer.count
+                if dora:
+                    tensor_sizes += [layer.out_features] * layer.count
         if method == "lora":
             result.frozen_weights = s.base_params * DTYPE_BYTES[r.base]
         else:

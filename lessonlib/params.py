@@ -259,9 +259,13 @@ class LinearLayer:
         """Parameters of all ``count`` modules: weights plus biases."""
         return self.count * (self.in_features * self.out_features + (self.out_features if self.bias else 0))
 
-    def lora_parameters(self, rank: int) -> int:
-        """Trainable LoRA parameters on all ``count`` modules: ``count * r * (in + out)``."""
-        return self.count * rank * (self.in_features + self.out_features)
+    def lora_parameters(self, rank: int, dora: bool = False) -> int:
+        """Trainable LoRA parameters on all ``count`` modules: ``count * r * (in + out)``.
+
+        With ``dora`` (DoRA, ``use_dora=True`` in peft) each module also trains a magnitude vector,
+        one number per output row: ``count * (r * (in + out) + out)``.
+        """
+        return self.count * (rank * (self.in_features + self.out_features) + (self.out_features if dora else 0))
 
 
 def _tied(config: PretrainedConfig) -> bool:
@@ -478,7 +482,8 @@ def resolve_targets(model: str | Mapping[str, Any] | PretrainedConfig,
 class ParamCount:
     """The parameters of a model with a LoRA adapter, as :func:`count_parameters` computed them.
 
-    ``base`` is the model without adapter; ``trainable`` the adapter (LoRA A and B); ``total``
+    ``base`` is the model without adapter; ``trainable`` the adapter (LoRA A and B, and DoRA's
+    magnitude vectors when ``dora``); ``total``
     is both together and ``percent`` is ``100 * trainable / total``: the two numbers and the
     share that ``peft``'s ``print_trainable_parameters`` shows. ``by_module`` maps each targeted
     module name to its trainable parameters (all layers together).
@@ -497,6 +502,7 @@ class ParamCount:
     base: int
     trainable: int
     by_module: dict[str, int] = field(default_factory=dict)
+    dora: bool = False
 
     @property
     def total(self) -> int:
@@ -522,6 +528,8 @@ class ParamCount:
     def rows(self) -> list[tuple[str, str]]:
         """Return the table as ``(label, value)`` rows, numbers with thousands separators."""
         rows = [("model", self.model), ("rank", str(self.rank)), ("targets", ", ".join(self.targets))]
+        if self.dora:
+            rows.append(("DoRA", "yes (+ one magnitude per output row)"))
         rows += [(f"  {name}", f"{n:,}") for name, n in self.by_module.items()]
         rows += [
             ("trainable", f"{self.trainable:,}"),
@@ -562,7 +570,7 @@ def format_bytes(n: int) -> str:
 
 
 def count_parameters(model: str | Mapping[str, Any] | PretrainedConfig, rank: int = 8,
-                     targets: str | Iterable[str] | None = None) -> ParamCount:
+                     targets: str | Iterable[str] | None = None, dora: bool = False) -> ParamCount:
     """Count the parameters LoRA trains at ``rank`` on ``targets``, without building the model.
 
     Args:
@@ -571,6 +579,8 @@ def count_parameters(model: str | Mapping[str, Any] | PretrainedConfig, rank: in
         targets: module names (e.g. ``("q_proj", "v_proj")`` or ``"q_proj,v_proj"``), or
             ``"all-linear"`` (every linear layer except ``lm_head``, as in ``peft``), or None
             for :func:`default_targets` (``q_proj, v_proj``; ``c_attn`` for GPT-2).
+        dora: DoRA (``peft``'s ``use_dora=True``): each targeted layer also trains one magnitude
+            per output row.
 
     Raises:
         ValueError: bad model, rank or targets; the message says what is accepted.
@@ -578,6 +588,8 @@ def count_parameters(model: str | Mapping[str, Any] | PretrainedConfig, rank: in
     Example:
         >>> count_parameters("llama-2-7b", 8).trainable
         4194304
+        >>> count_parameters("llama-2-7b", 8, dora=True).trainable   # + 32 layers x (4096 + 4096)
+        4456448
         >>> count_parameters("llama-2-7b", 0)
         Traceback (most recent call last):
         ...
@@ -595,10 +607,10 @@ def count_parameters(model: str | Mapping[str, Any] | PretrainedConfig, rank: in
                          f"the rank can be at most {smallest}")
     by_module: dict[str, int] = {}
     for layer in chosen:
-        by_module[layer.name] = by_module.get(layer.name, 0) + layer.lora_parameters(rank)
+        by_module[layer.name] = by_module.get(layer.name, 0) + layer.lora_parameters(rank, dora)
     label = model if isinstance(model, str) else getattr(cfg, "name_or_path", "") or cfg.model_type
     return ParamCount(model=label, rank=rank, targets=names, base=sum(parameter_groups(cfg).values()),
-                      trainable=sum(by_module.values()), by_module=by_module)
+                      trainable=sum(by_module.values()), by_module=by_module, dora=bool(dora))
 
 
 def build_on_meta(model: str | Mapping[str, Any] | PretrainedConfig):
@@ -686,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", "-r", type=positive_int_arg, default=8, help="LoRA rank r (default 8)")
     parser.add_argument("--targets", default=None,
                         help="comma-separated module names, or all-linear (default q_proj,v_proj; c_attn for gpt2)")
+    parser.add_argument("--dora", action="store_true", help="DoRA: add the magnitude vectors (use_dora=True)")
     parser.add_argument("--list", action="store_true", help="list the models in the registry and exit")
 
     def command(args: argparse.Namespace) -> int:
@@ -693,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in registry_names():
                 print(name)
             return 0
-        print(count_parameters(args.model, args.rank, args.targets).table())
+        print(count_parameters(args.model, args.rank, args.targets, dora=args.dora).table())
         return 0
 
     return run_command(parser, argv, command)

@@ -149,8 +149,10 @@ def dora_forward(x: Any, weight: Any, A: Any, B: Any, magnitude: Any, scaling: f
 
 
 def lora_config(variant: str, r: int = 8, alpha: float = 16.0, targets: Any = "all-linear",
-                use_rslora: bool = False) -> Any:
+                use_rslora: bool = False, task_type: str | None = "CAUSAL_LM") -> Any:
     """The peft ``LoraConfig`` of a variant (LoftQ: plain; :func:`apply` sets its factors).
+
+    ``task_type``: peft's (None for a model that is not a language model, e.g. a small test network).
 
     Example:
         >>> lora_config("dora").use_dora, lora_config("pissa").init_lora_weights
@@ -161,7 +163,7 @@ def lora_config(variant: str, r: int = 8, alpha: float = 16.0, targets: Any = "a
     check_variant(variant)
     init: Any = {"pissa": "pissa", "pissa-4bit": "pissa", "olora": "olora"}.get(variant, True)
     return LoraConfig(r=r, lora_alpha=alpha, use_rslora=use_rslora, target_modules=targets, lora_dropout=0.0,
-                      use_dora=variant == "dora", init_lora_weights=init, task_type="CAUSAL_LM")
+                      use_dora=variant == "dora", init_lora_weights=init, task_type=task_type)
 
 
 def lora_layers(model: Any) -> list[tuple[str, Any]]:
@@ -177,7 +179,7 @@ def lora_layers(model: Any) -> list[tuple[str, Any]]:
 
 
 def apply(model: Any, variant: str, r: int = 8, alpha: float = 16.0, targets: Any = "all-linear",
-          use_rslora: bool = False) -> Any:
+          use_rslora: bool = False, task_type: str | None = "CAUSAL_LM") -> Any:
     """Wrap ``model`` (modified in place) in peft's LoRA with ``variant``'s initialisation.
 
     The 4-bit variants replace each targeted base weight by its NF4 round trip: of W (``qlora``),
@@ -194,7 +196,7 @@ def apply(model: Any, variant: str, r: int = 8, alpha: float = 16.0, targets: An
 
     check_variant(variant)
     positive_int("r", r)
-    peft_model = get_peft_model(model, lora_config(variant, r, alpha, targets, use_rslora))
+    peft_model = get_peft_model(model, lora_config(variant, r, alpha, targets, use_rslora, task_type))
     if variant not in FOUR_BIT:
         return peft_model
     with torch.no_grad():

@@ -428,3 +428,25 @@ def test_gpu_script_runs_its_code_on_a_cpu_with_a_tiny_model():
         largest = [float(part.split()[-1]) for part in row.rsplit("  ", 1)[-1].split(",")]
         assert largest == [0.0, 0.0], row
     assert _gpu_script("--bogus").returncode == 2
+
+
+@pytest.mark.parametrize("precision", ["fp32", "amp-bf16"])
+def test_dora_magnitudes_are_exact_and_its_activations_a_lower_bound(precision):
+    import peft
+
+    rec = memory.recipe(precision)
+    model = peft.get_peft_model(_base(TINY, rec.base), peft.LoraConfig(
+        r=RANK, lora_alpha=8, target_modules="all-linear", use_dora=True)).train()
+    measured = memory.measure_training_step(model, _batch(TINY, 2, 16), _optimizer(model, "adamw"),
+                                            autocast=rec.autocast)
+    estimated = memory.estimate_training_memory(TINY, "lora", batch=2, seq=16, rank=RANK, precision=precision,
+                                                device="cpu", dora=True)
+    plain = memory.estimate_training_memory(TINY, "lora", batch=2, seq=16, rank=RANK, precision=precision,
+                                            device="cpu")
+    for part in ("frozen_weights", "trainable_weights", "gradients", "optimizer_state"):
+        assert getattr(measured, part) == getattr(estimated, part), part
+    magnitudes = 2 * (64 + 32 + 32 + 64 + 160 + 160 + 64)          # out_features of the 7 layers, 2 blocks
+    assert estimated.trainable_weights - plain.trainable_weights == 4 * magnitudes
+    assert measured.activations > estimated.activations == plain.activations    # DoRA keeps more: not counted
+    with pytest.raises(ValueError, match="dora applies to the methods lora and qlora"):
+        memory.estimate_training_memory(TINY, "full", dora=True)

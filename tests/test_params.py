@@ -29,12 +29,13 @@ from lessonlib.params import (  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
 
-def peft_counts(name: str, rank: int, targets) -> tuple[int, int]:
+def peft_counts(name: str, rank: int, targets, dora: bool = False) -> tuple[int, int]:
     """(trainable, all) as peft counts them on the real model built on the meta device."""
     model = build_on_meta(name)
     target_modules = targets if isinstance(targets, str) else list(targets)
     fused_conv1d = REGISTRY.get(name, {}).get("model_type") == "gpt2"  # GPT-2's Conv1D stores (in, out)
-    config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=target_modules, fan_in_fan_out=fused_conv1d)
+    config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=target_modules, fan_in_fan_out=fused_conv1d,
+                             use_dora=dora)
     # low_cpu_mem_usage: peft creates the adapter on the meta device too (fast for 70B models)
     return peft.get_peft_model(model, config, low_cpu_mem_usage=True).get_nb_trainable_parameters()
 
@@ -248,3 +249,21 @@ def test_cli_hostile_model_paths(tmp_path):
                                     '"num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100}')
     result = cli("--model", str(ok), "--rank", "4")
     assert result.returncode == 0 and "trainable" in result.stdout
+
+
+@pytest.mark.parametrize("name", registry_names())
+def test_dora_counts_equal_peft_on_every_registry_model(name):
+    rank, targets = combinations(name)[-1]          # one MLP and one attention layer kind (fast to build)
+    ours = count_parameters(name, rank, targets, dora=True)
+    assert (ours.trainable, ours.total) == peft_counts(name, rank, targets, dora=True), targets
+    plain = count_parameters(name, rank, targets)
+    magnitudes = sum(layer.count * layer.out_features for layer in linear_layers(name) if layer.name in targets)
+    assert ours.trainable - plain.trainable == magnitudes > 0
+
+
+def test_cli_counts_dora(capsys):
+    from lessonlib.params import main
+
+    assert main(["--model", "llama-2-7b", "--rank", "8", "--dora"]) == 0
+    out = capsys.readouterr().out
+    assert "4,456,448" in out and "DoRA" in out

@@ -112,3 +112,19 @@ def test_bad_minutes_is_one_line_and_status_2():
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "hyperparameter_sweep.py"), "--minutes", "nan"],
                           capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_variant_is_a_column_and_an_old_file_keeps_its_columns(tmp_path):
+    from lessonlib.sweep import COLUMNS, Outcome, Point, read_rows, write_row
+
+    outcome = Outcome(10, 40, 0.5, 0.4, 1.0)
+    new = tmp_path / "variants.csv"
+    write_row(new, Point(variant="dora"), outcome)
+    assert [r["variant"] for r in read_rows(new)] == ["dora"]
+    assert Point(variant="dora").key() != Point().key()
+    old = tmp_path / "old.csv"                       # lesson 08's file: no variant column
+    old.write_text(",".join(c for c in COLUMNS if c != "variant") + "\n")
+    write_row(old, Point(r=2), outcome)
+    assert read_rows(old)[0]["r"] == 2 and "variant" not in read_rows(old)[0]
+    with pytest.raises(ValueError, match="has no variant column"):
+        write_row(old, Point(variant="pissa"), outcome)
