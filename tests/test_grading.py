@@ -145,7 +145,9 @@ def build_corpus(folder: Path) -> dict[str, tuple[str, dict[str, int | None], bo
     before_second = {q: (full[q] if auto.index(q) < auto.index(second) else 0) for q in auto}
     # In the first question: how much runs before a loop depends on the machine's speed (points
     # earned before a stop are checked with os._exit below, which does not).
-    write("endless_loop", with_answer(first, "while True:\n    pass"), "timeout", zero, None)
+    # (it sleeps: the deadline is wall-clock time, and a loop that burns a core for the whole timeout
+    # would only slow down whatever else runs on the machine)
+    write("endless_loop", with_answer(first, "import time\nwhile True:\n    time.sleep(0.05)"), "timeout", zero, None)
     write("os_exit", with_answer(second, "import os\nos._exit(3)"), "crashed", before_second, None)
     write("sys_exit", with_answer(second, "import sys\nsys.exit(0)"), "ok", {**full, second: 0}, None)
     write("exception", with_answer(first, "raise RuntimeError('boom')"), "ok", {**full, first: 0})
