@@ -7,8 +7,15 @@ all linear layers), scored by the teacher-forced loss on 32 held-out bookings; o
 changes (``lessonlib.variants``). The 4-bit variants replace the targeted weights by their NF4 round
 trip (fake quantization in fp32: what a bitsandbytes 4-bit layer computes with). One CSV row per
 point is appended as soon as it is measured; a second run with the same ``--out`` adds only what is
-missing. Order: seed 0 of every variant, then seeds 1 and 2, then LoRA+ and PiSSA at a 4x smaller
-learning rate (seed 0); ``--minutes`` stops starting new points after that many minutes.
+missing. Order: seed 0 of every variant at LoRA's best rate of lesson 08 (4e-3); seed 0 at 1e-3 of
+the variants that start with a large adapter or a faster B (PiSSA, OLoRA, LoRA+, PiSSA on 4 bits),
+and at 2.5e-4 of PiSSA and OLoRA; then seeds 1 and 2 of every variant at its best seed-0 rate.
+``--minutes`` stops starting new points after that many minutes.
+
+First (``--init-out``, skipped when that file exists): for every linear layer of the model, the
+4-bit error ``||W - dequant(Q(W))||`` next to ``||W - (dequant(Q(W_res)) + s B A)||`` after PiSSA's and
+LoftQ's initialisations (r = 8, α = 16), and each model's perplexity on lesson 07's general text and
+held-out loss at step 0 (the 4-bit base plus the initialised adapter, before any training).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lora_variants.py [--minutes 30] [--quick]
 
@@ -31,25 +38,83 @@ sys.path.insert(0, str(HERE))
 
 from hyperparameter_sweep import BATCH, N_TRAIN, N_VAL, STEPS, tiny_model  # noqa: E402
 
-from lessonlib.sweep import Point, read_rows, write_row  # noqa: E402
+from lessonlib.sweep import Point, best_lr, read_rows, write_row  # noqa: E402
 from lessonlib.variants import VARIANTS  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "lora_variants.csv"
-SEEDS = (0, 1, 2)
-LOW_LR = 1e-3
+DEFAULT_INIT_OUT = HERE / "results" / "lora_variants_init.csv"
+"""Per layer; next to it, ``lora_variants_step0.csv`` holds the models at step 0."""
+KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LOWER_LRS = {"pissa": (1e-3, 2.5e-4), "olora": (1e-3, 2.5e-4), "lora+": (1e-3,), "pissa-4bit": (1e-3,)}
 
 
-def grid(quick: bool) -> list[Point]:
-    """The points in the order they run (the most important first)."""
+def first_points(quick: bool) -> list[Point]:
+    """Seed 0 of every variant at 4e-3, then the lower rates (the quick mode: three variants)."""
     if quick:
         return [Point(r=2, variant=v) for v in ("lora", "dora", "loftq")]
-    points = [Point(variant=v, seed=s) for s in SEEDS for v in VARIANTS]
-    return points + [Point(variant=v, lr=LOW_LR) for v in ("lora+", "pissa")]
+    return [Point(variant=v) for v in VARIANTS] + [Point(variant=v, lr=lr) for v, lrs in LOWER_LRS.items() for lr in lrs]
+
+
+def seed_points(rows: list[dict]) -> list[Point]:
+    """Seeds 1 and 2 of every variant at the rate with its lowest seed-0 loss."""
+    out = []
+    for v in VARIANTS:
+        group = [r for r in rows if r["variant"] == v and r["seed"] == 0]
+        if group:
+            lr, _ = best_lr(group)
+            out += [Point(variant=v, lr=lr, seed=s) for s in (1, 2)]
+    return out
+
+
+def init_rows(base, tokenizer, val, r: int = 8, alpha: float = 16.0) -> tuple[list[dict], list[dict]]:
+    """Per layer: the 4-bit error of QLoRA, PiSSA and LoftQ at initialisation; per model (fp32 and
+    the three 4-bit starts): its perplexity and held-out loss at step 0."""
+    import copy
+
+    import torch
+
+    from lessonlib import forgetting, train
+    from lessonlib.variants import loftq_factors, nf4_roundtrip, pissa_factors
+
+    s = alpha / r
+    rows, models, effective = [], [], {v: {} for v in ("qlora", "pissa-4bit", "loftq")}
+    with torch.no_grad():
+        for b, block in enumerate(base.model.layers):
+            for kind in KINDS:
+                w = getattr(block.self_attn if kind in KINDS[:4] else block.mlp, kind).weight.detach()
+                A, B, res = pissa_factors(w, r, s)
+                la, lb, lq = loftq_factors(w, r, s)
+                eff = {"qlora": nf4_roundtrip(w), "pissa-4bit": nf4_roundtrip(res) + s * B @ A, "loftq": lq + s * lb @ la}
+                name = f"model.layers.{b}.{'self_attn' if kind in KINDS[:4] else 'mlp'}.{kind}"
+                row = {"layer": name, "kind": kind, "weight_norm": float(w.norm())}
+                for v, e in eff.items():
+                    effective[v][name + ".weight"] = e
+                    row[v] = float((w - e).norm())
+                rows.append(row)
+        for v, weights in [("fp32", {})] + list(effective.items()):
+            model = copy.deepcopy(base)
+            params = dict(model.named_parameters())
+            for name, e in weights.items():
+                params[name].copy_(e)
+            models.append({"variant": v, "perplexity": forgetting.perplexity(model, tokenizer),
+                           "val_loss": train.validation_loss(model, tokenizer, val)})
+            del model
+    return rows, models
+
+
+def write_csv(path: Path, rows: list[dict], header: list[str]) -> None:
+    with open(path, "w") as f:
+        for line in header:
+            f.write(f"# {line}\n")
+        f.write(",".join(rows[0]) + "\n")
+        for row in rows:
+            f.write(",".join(f"{v:.6f}" if isinstance(v, float) else str(v) for v in row.values()) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the CSV (appended to)")
+    parser.add_argument("--init-out", type=Path, default=DEFAULT_INIT_OUT, help="the initialisation CSV")
     parser.add_argument("--minutes", type=float, default=30.0, help="start no new point after this many minutes")
     parser.add_argument("--quick", action="store_true", help="three variants on a tiny random model (seconds)")
     args = parser.parse_args(argv)
@@ -81,21 +146,38 @@ def main(argv: list[str] | None = None) -> int:
               "score: val_loss = teacher-forced loss on the held-out bookings after training (lower is better)"]
     header.append(f"base model before training: val_loss={train.validation_loss(base, tokenizer, splits.val):.5f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.quick and not args.init_out.exists():
+        t0 = time.perf_counter()
+        layers, starts = init_rows(base, tokenizer, splits.val)
+        write_csv(args.init_out, layers, header[:3] + [
+            "per layer: ||W - W_eff|| with W_eff = dequant(Q(W)) (qlora), dequant(Q(W_res)) + s B A (pissa-4bit, loftq); "
+            "r=8 alpha=16 nf4 blocksize 64, double quantization for qlora and pissa-4bit, none for loftq (as peft) with 5 iterations"])
+        write_csv(args.init_out.with_name(args.init_out.stem.replace("_init", "") + "_step0.csv"), starts, header[:3] + [
+            "each model at step 0 (every linear weight replaced by W_eff, the function of the 4-bit base plus the "
+            "initialised adapter): perplexity of the general text of lessonlib.forgetting, held-out loss of the booking task"])
+        print(f"initialisation errors written to {args.init_out} ({time.perf_counter() - t0:.0f} s)", flush=True)
     keys = ("method", "targets", "r", "scheme", "lr", "seed", "variant")
     done = {Point(**{k: row[k] for k in keys}).key() for row in (read_rows(args.out) if args.out.exists() else [])}
-    for point in grid(args.quick):
-        if point.key() in done:
-            continue
-        if time.perf_counter() - started > args.minutes * 60:
-            print(f"time budget of {args.minutes:g} min reached: stopping", flush=True)
-            return 0
-        t0 = time.perf_counter()
-        outcome, model = run_point(base, tokenizer, splits.train, splits.val, point, steps, batch)
-        write_row(args.out, point, outcome, header)
-        done.add(point.key())
-        print(f"{point.variant} seed {point.seed} lr {point.lr:g} -> val_loss {outcome.val_loss:.4f}, "
-              f"median step {outcome.median_step_s:.2f} s ({time.perf_counter() - t0:.0f} s)", flush=True)
-        del model
+    def run(points: list[Point]) -> bool:
+        for point in points:
+            if point.key() in done:
+                continue
+            if time.perf_counter() - started > args.minutes * 60:
+                print(f"time budget of {args.minutes:g} min reached: stopping", flush=True)
+                return False
+            t0 = time.perf_counter()
+            outcome, model = run_point(base, tokenizer, splits.train, splits.val, point, steps, batch)
+            write_row(args.out, point, outcome, header)
+            done.add(point.key())
+            print(f"{point.variant} seed {point.seed} lr {point.lr:g} -> val_loss {outcome.val_loss:.4f}, "
+                  f"median step {outcome.median_step_s:.2f} s ({time.perf_counter() - t0:.0f} s)", flush=True)
+            del model
+        return True
+
+    if not run(first_points(args.quick)):
+        return 0
+    if not args.quick and not run(seed_points(read_rows(args.out))):
+        return 0
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min: {args.out}", flush=True)
     return 0
 
