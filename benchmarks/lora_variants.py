@@ -17,6 +17,9 @@ First (``--init-out``, skipped when that file exists): for every linear layer of
 LoftQ's initialisations (r = 8, α = 16), and each model's perplexity on lesson 07's general text and
 held-out loss at step 0 (the 4-bit base plus the initialised adapter, before any training).
 
+Last (``--steps-out``, skipped when that file exists): LoRA's and DoRA's training step timed side by side
+on the same batch, alternating the two (so that a change of the machine's load hits both), 10 steps each.
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lora_variants.py [--minutes 30] [--quick]
 
 ``--quick`` runs three variants on a tiny random model (2 layers) in seconds: the unit test's mode.
@@ -43,6 +46,7 @@ from lessonlib.variants import VARIANTS  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "lora_variants.csv"
 DEFAULT_INIT_OUT = HERE / "results" / "lora_variants_init.csv"
+DEFAULT_STEPS_OUT = HERE / "results" / "lora_variants_steps.csv"
 """Per layer; next to it, ``lora_variants_step0.csv`` holds the models at step 0."""
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LOWER_LRS = {"pissa": (1e-3, 2.5e-4), "olora": (1e-3, 2.5e-4), "lora+": (1e-3,), "pissa-4bit": (1e-3,)}
@@ -102,6 +106,30 @@ def init_rows(base, tokenizer, val, r: int = 8, alpha: float = 16.0) -> tuple[li
     return rows, models
 
 
+def step_time_rows(base, tokenizer, examples, batch: int, repeats: int = 10) -> list[dict]:
+    """LoRA's and DoRA's training step (forward, backward, AdamW) on the same batch, alternating."""
+    import time as clock
+
+    import torch
+
+    from lessonlib.data import collate, encode
+    from lessonlib.sweep import build
+
+    models = {v: build(base, Point(variant=v)).train() for v in ("lora", "dora")}
+    optimizers = {v: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for v, m in models.items()}
+    inputs = collate([encode(tokenizer, e) for e in examples[:batch]], tokenizer.pad_token_id)
+    rows = []
+    for i in range(repeats + 1):                     # the first round warms up and is not kept
+        for v, model in models.items():
+            t0 = clock.perf_counter()
+            model(**inputs).loss.backward()
+            optimizers[v].step()
+            optimizers[v].zero_grad(set_to_none=True)
+            if i:
+                rows.append({"variant": v, "repeat": i, "seconds": clock.perf_counter() - t0})
+    return rows
+
+
 def write_csv(path: Path, rows: list[dict], header: list[str]) -> None:
     with open(path, "w") as f:
         for line in header:
@@ -115,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the CSV (appended to)")
     parser.add_argument("--init-out", type=Path, default=DEFAULT_INIT_OUT, help="the initialisation CSV")
+    parser.add_argument("--steps-out", type=Path, default=DEFAULT_STEPS_OUT, help="the step-time CSV")
     parser.add_argument("--minutes", type=float, default=30.0, help="start no new point after this many minutes")
     parser.add_argument("--quick", action="store_true", help="three variants on a tiny random model (seconds)")
     args = parser.parse_args(argv)
@@ -178,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.quick and not run(seed_points(read_rows(args.out))):
         return 0
+    if not args.quick and not args.steps_out.exists():
+        write_csv(args.steps_out, step_time_rows(base, tokenizer, splits.train, batch), header[:3] + [
+            "seconds of one training step (forward, backward, AdamW) on the same batch of the task, LoRA and DoRA "
+            "alternating, r=8 alpha=16 all linear layers, after one round of warm-up"])
+        print(f"step times written to {args.steps_out}", flush=True)
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min: {args.out}", flush=True)
     return 0
 
