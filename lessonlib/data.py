@@ -41,7 +41,8 @@ import math
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Sequence
+from operator import attrgetter
+from typing import Any, Callable, NamedTuple, Sequence
 
 from lessonlib.validation import non_empty, number_in, one_of
 
@@ -226,12 +227,13 @@ def make_example(rng: random.Random, pool: Pool = TRAIN_POOL) -> Example:
     return Example(text=text, answer=answer_json(name, people, f"{month:02d}-{day:02d}", time, note))
 
 
-def _draw(n: int, pool: Pool, rng: random.Random, seen: set[str]) -> list[Example]:
+def _draw(n: int, make: Callable[[], Example], key: Callable[[Example], str], seen: set[str]) -> list[Example]:
+    """``n`` examples from ``make()`` whose ``key`` is not in ``seen`` yet (each key is added to it)."""
     examples: list[Example] = []
     while len(examples) < n:
-        example = make_example(rng, pool)
-        if example.answer not in seen:
-            seen.add(example.answer)
+        example = make()
+        if key(example) not in seen:
+            seen.add(key(example))
             examples.append(example)
     return examples
 
@@ -271,8 +273,9 @@ def booking_splits(n_train: int, n_val: int, n_test: int, seed: int = 0) -> Spli
     _check_sizes(n_train, n_val, n_test, 5000)
     rng = random.Random(seed)
     seen: set[str] = set()
-    train = _draw(n_train, TRAIN_POOL, rng, seen)
-    held_out = _draw(n_val + n_test, HELD_OUT_POOL, rng, seen)
+    answer = attrgetter("answer")
+    train = _draw(n_train, lambda: make_example(rng, TRAIN_POOL), answer, seen)
+    held_out = _draw(n_val + n_test, lambda: make_example(rng, HELD_OUT_POOL), answer, seen)
     val, test = held_out[:n_val], held_out[n_val:]
     train_values = {v for e in train for v in e.fields.values()} - {""}
     assert not train_values & {v for e in held_out for v in e.fields.values()}, "a held-out value was seen in training"
@@ -397,16 +400,9 @@ def short_task_splits(task: str, n_train: int, n_val: int, n_test: int, seed: in
     _check_sizes(n_train, n_val, n_test, 500)
     make, rng, seen = SHORT_TASKS[task], random.Random(seed), set()
 
-    def draw(n: int, held_out: bool) -> list[Example]:
-        out: list[Example] = []
-        while len(out) < n:
-            example = make(rng, held_out)
-            if example.text not in seen:
-                seen.add(example.text)
-                out.append(example)
-        return out
-
-    train, held = draw(n_train, False), draw(n_val + n_test, True)
+    text = attrgetter("text")
+    train = _draw(n_train, lambda: make(rng, False), text, seen)
+    held = _draw(n_val + n_test, lambda: make(rng, True), text, seen)
     if task == "dates":
         assert not {e.answer for e in train} & {e.answer for e in held}, "a held-out date was seen in training"
     return Splits(train, held[:n_val], held[n_val:])
