@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -139,14 +140,47 @@ def update_rank_rows(before, after, ranks=SVD_RANKS) -> list[dict]:
     return rows
 
 
-def write_update_rank(path: Path, rows: list[dict], header: list[str]) -> None:
+def write_csv(path: Path, rows: list[dict], header: list[str], digits: int = 5) -> None:
+    """Write ``rows`` (dicts with the same keys) to ``path``, after ``header`` as ``#`` comment lines."""
     with open(path, "w") as f:
         for line in header:
             f.write(f"# {line}\n")
-        cols = list(rows[0])
-        f.write(",".join(cols) + "\n")
+        f.write(",".join(rows[0]) + "\n")
         for row in rows:
-            f.write(",".join(f"{v:.5f}" if isinstance(v, float) else str(v) for v in row.values()) + "\n")
+            f.write(",".join(f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row.values()) + "\n")
+
+
+def run_header(script: str, argv: list[str] | None, steps: int, batch: int, n_train: int, n_val: int) -> list[str]:
+    """The CSV header of a run of ``benchmarks/<script>``: its command, commit, settings and score."""
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE.parent, capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    command = f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/{script} " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    return [f"command: {command.strip()}", f"commit: {commit}",
+            f"settings: steps={steps} batch={batch} train={n_train} held_out={n_val} data_seed=0 "
+            f"torch_threads={torch.get_num_threads()} torch={torch.__version__} python={platform.python_version()}",
+            "score: val_loss = teacher-forced loss on the held-out bookings after training (lower is better)"]
+
+
+def prepare_run(script: str, argv: list[str] | None, quick: bool) -> SimpleNamespace:
+    """What every sweep script starts from: the tokenizer, the step and batch sizes, the booking splits,
+    the base model (a tiny random one with ``quick``) and the CSV header, ending with the base's score."""
+    from lessonlib import data, models, train
+    from lessonlib.env import quiet_library_logs
+
+    quiet_library_logs()
+    tokenizer = models.load_tokenizer()
+    steps, batch, n_train, n_val = (2, 2, 4, 4) if quick else (STEPS, BATCH, N_TRAIN, N_VAL)
+    splits = data.booking_splits(n_train, n_val, 0, seed=0)
+    base = tiny_model(tokenizer) if quick else models.load_model(dtype="fp32", device="cpu")
+    header = run_header(script, argv, steps, batch, n_train, n_val)
+    header.append(f"base model before training: val_loss={train.validation_loss(base, tokenizer, splits.val):.5f}")
+    return SimpleNamespace(tokenizer=tokenizer, steps=steps, batch=batch, splits=splits, base=base, header=header)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,33 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: --minutes must be a positive number, got {args.minutes}\n")
     started = time.perf_counter()
 
-    import torch
-
-    from lessonlib import data, models, train
-    from lessonlib.env import quiet_library_logs
     from lessonlib.params import count_parameters
     from lessonlib.sweep import run_point
 
-    quiet_library_logs()
-    tokenizer = models.load_tokenizer()
-    steps, batch, n_train, n_val = (2, 2, 4, 4) if args.quick else (STEPS, BATCH, N_TRAIN, N_VAL)
-    splits = data.booking_splits(n_train, n_val, 0, seed=0)
-    base = tiny_model(tokenizer) if args.quick else models.load_model(dtype="fp32", device="cpu")
+    run_ = prepare_run("hyperparameter_sweep.py", argv, args.quick)
+    tokenizer, steps, batch, splits, base, header = (run_.tokenizer, run_.steps, run_.batch, run_.splits,
+                                                     run_.base, run_.header)
     budget = count_parameters("smollm2-135m", 8, "all-linear").trainable
     budget_ranks = {t: equal_budget_rank(t, budget) for t in ("q,v", "attention", "mlp")}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE.parent, capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/hyperparameter_sweep.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    header = [f"command: {command.strip()}", f"commit: {commit}",
-              f"settings: steps={steps} batch={batch} train={n_train} held_out={n_val} data_seed=0 "
-              f"torch_threads={torch.get_num_threads()} torch={torch.__version__} python={platform.python_version()}",
-              "score: val_loss = teacher-forced loss on the held-out bookings after training (lower is better)"]
-    base_loss = train.validation_loss(base, tokenizer, splits.val)
-    header.append(f"base model before training: val_loss={base_loss:.5f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = {Point(**{k: row[k] for k in ("method", "targets", "r", "scheme", "lr", "seed")}).key()
             for row in (read_rows(args.out) if args.out.exists() else [])}
@@ -207,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             done.add(point.key())
             print(f"{point} -> val_loss {outcome.val_loss:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
             if before is not None:
-                write_update_rank(args.svd_out, update_rank_rows(before, model),
+                write_csv(args.svd_out, update_rank_rows(before, model),
                                   header[:3] + [f"update of full fine-tuning at lr {SVD_LR:g}, seed 0"])
                 print(f"update rank written to {args.svd_out}", flush=True)
             del model

@@ -28,9 +28,6 @@ on the same batch, alternating the two (so that a change of the machine's load h
 from __future__ import annotations
 
 import argparse
-import platform
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from hyperparameter_sweep import BATCH, N_TRAIN, N_VAL, STEPS, tiny_model  # noqa: E402
+from hyperparameter_sweep import prepare_run, write_csv  # noqa: E402
 
 from lessonlib.sweep import Point, best_lr, read_rows, write_row  # noqa: E402
 from lessonlib.variants import VARIANTS  # noqa: E402
@@ -130,15 +127,6 @@ def step_time_rows(base, tokenizer, examples, batch: int, repeats: int = 10) -> 
     return rows
 
 
-def write_csv(path: Path, rows: list[dict], header: list[str]) -> None:
-    with open(path, "w") as f:
-        for line in header:
-            f.write(f"# {line}\n")
-        f.write(",".join(rows[0]) + "\n")
-        for row in rows:
-            f.write(",".join(f"{v:.6f}" if isinstance(v, float) else str(v) for v in row.values()) + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the CSV (appended to)")
@@ -151,37 +139,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: --minutes must be a positive number, got {args.minutes}\n")
     started = time.perf_counter()
 
-    import torch
-
-    from lessonlib import data, models, train
-    from lessonlib.env import quiet_library_logs
     from lessonlib.sweep import run_point
 
-    quiet_library_logs()
-    tokenizer = models.load_tokenizer()
-    steps, batch, n_train, n_val = (2, 2, 4, 4) if args.quick else (STEPS, BATCH, N_TRAIN, N_VAL)
-    splits = data.booking_splits(n_train, n_val, 0, seed=0)
-    base = tiny_model(tokenizer) if args.quick else models.load_model(dtype="fp32", device="cpu")
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE.parent, capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lora_variants.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    header = [f"command: {command.strip()}", f"commit: {commit}",
-              f"settings: steps={steps} batch={batch} train={n_train} held_out={n_val} data_seed=0 "
-              f"torch_threads={torch.get_num_threads()} torch={torch.__version__} python={platform.python_version()}",
-              "score: val_loss = teacher-forced loss on the held-out bookings after training (lower is better)"]
-    header.append(f"base model before training: val_loss={train.validation_loss(base, tokenizer, splits.val):.5f}")
+    run_ = prepare_run("lora_variants.py", argv, args.quick)
+    tokenizer, steps, batch, splits, base, header = (run_.tokenizer, run_.steps, run_.batch, run_.splits,
+                                                     run_.base, run_.header)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if not args.quick and not args.init_out.exists():
         t0 = time.perf_counter()
         layers, starts = init_rows(base, tokenizer, splits.val)
-        write_csv(args.init_out, layers, header[:3] + [
+        write_csv(args.init_out, layers, digits=6, header=header[:3] + [
             "per layer: ||W - W_eff|| with W_eff = dequant(Q(W)) (qlora), dequant(Q(W_res)) + s B A (pissa-4bit, loftq); "
             "r=8 alpha=16 nf4 blocksize 64, double quantization for qlora and pissa-4bit, none for loftq (as peft) with 5 iterations"])
-        write_csv(args.init_out.with_name(args.init_out.stem.replace("_init", "") + "_step0.csv"), starts, header[:3] + [
+        write_csv(args.init_out.with_name(args.init_out.stem.replace("_init", "") + "_step0.csv"), starts, digits=6, header=header[:3] + [
             "each model at step 0 (every linear weight replaced by W_eff, the function of the 4-bit base plus the "
             "initialised adapter): perplexity of the general text of lessonlib.forgetting, held-out loss of the booking task"])
         print(f"initialisation errors written to {args.init_out} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -208,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick and not run(seed_points(read_rows(args.out))):
         return 0
     if not args.quick and not args.steps_out.exists():
-        write_csv(args.steps_out, step_time_rows(base, tokenizer, splits.train, batch), header[:3] + [
+        write_csv(args.steps_out, step_time_rows(base, tokenizer, splits.train, batch), digits=6, header=header[:3] + [
             "seconds of one training step (forward, backward, AdamW) on the same batch of the task, LoRA and DoRA "
             "alternating, r=8 alpha=16 all linear layers, after one round of warm-up"])
         print(f"step times written to {args.steps_out}", flush=True)
