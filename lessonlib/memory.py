@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -283,6 +284,17 @@ def _reentrant_checkpointing(loss: Any) -> bool:
     return False
 
 
+class _Packed:
+    """What autograd keeps for one saved tensor while it is watched: alive as long as the part of the
+    graph that saved it. (An operation that saves its own output, such as ``exp``, makes a reference
+    cycle with it, so such a tensor still counts when its part of the graph is dropped.)"""
+
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: Any) -> None:
+        self.tensor = tensor
+
+
 class _SavedTensors:
     """What autograd saves during a forward pass, by storage: outside and inside checkpointed layers.
 
@@ -297,31 +309,43 @@ class _SavedTensors:
         self.copy_keys: set[tuple[str, int]] = set()  # storages made by casting a weight
         self.outer: dict[tuple[str, int], Any] = {}
         self.frames: list[dict[tuple[str, int], Any]] = []
+        # what the graph holds for each outer storage (see _Packed): a storage saved only by parts of
+        # the graph that were dropped before the forward pass ended (DoRA's detached weight norm) is
+        # no longer held, and does not count
+        self.holders: dict[tuple[str, int], list[Any]] = {}
 
-    def record(self, t: Any, into: dict[tuple[str, int], Any]) -> None:
+    def record(self, t: Any, into: dict[tuple[str, int], Any], holder: Any = None) -> None:
         if t.device.type != "meta":
             key = _storage_key(t)
             if key not in self.weight_keys:
                 into.setdefault(key, t)
+                if holder is not None:
+                    self.holders.setdefault(key, []).append(weakref.ref(holder))
+
+    def held_outer(self) -> dict[tuple[str, int], Any]:
+        """The outer storages that the graph still holds."""
+        return {k: t for k, t in self.outer.items()
+                if k not in self.holders or any(ref() is not None for ref in self.holders[k])}
 
     def counts(self) -> tuple[int, int]:
-        """(activations, weight_copies) in bytes: the outer storages, the storages that several
-        checkpointed layers share (once) and the largest checkpointed layer's own storages."""
+        """(activations, weight_copies) in bytes: the outer storages still held, the storages that
+        several checkpointed layers share (once) and the largest checkpointed layer's own storages."""
         def split(tensors: Mapping[tuple[str, int], Any]) -> tuple[int, int]:
             copies = sum(t.untyped_storage().nbytes() for k, t in tensors.items() if k in self.copy_keys)
             return sum(t.untyped_storage().nbytes() for t in tensors.values()) - copies, copies
 
-        act, copies = split(self.outer)
+        outer = self.held_outer()
+        act, copies = split(outer)
         seen_in: dict[tuple[str, int], int] = {}
         for frame in self.frames:
             for key in frame:
                 seen_in[key] = seen_in.get(key, 0) + 1
-        shared = {k: t for frame in self.frames for k, t in frame.items() if seen_in[k] > 1 and k not in self.outer}
+        shared = {k: t for frame in self.frames for k, t in frame.items() if seen_in[k] > 1 and k not in outer}
         a, c = split(shared)
         act, copies = act + a, copies + c
         largest = (0, 0)
         for frame in self.frames:
-            own = {k: t for k, t in frame.items() if seen_in[k] == 1 and k not in self.outer}
+            own = {k: t for k, t in frame.items() if seen_in[k] == 1 and k not in outer}
             largest = max(largest, split(own), key=sum)
         return act + largest[0], copies + largest[1]
 
@@ -358,12 +382,13 @@ def _watching(saved: _SavedTensors) -> Iterator[None]:
             self.pack_hook = pack_hook
 
     def pack(t: Any) -> Any:
-        saved.record(t, saved.outer)
-        return t
+        holder = _Packed(t)
+        saved.record(t, saved.outer, holder)
+        return holder
 
     ckpt._checkpoint_hook = RecordingCheckpointHook
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), CastWatcher():
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda holder: holder.tensor), CastWatcher():
             yield
     finally:
         ckpt._checkpoint_hook = original
@@ -452,6 +477,7 @@ def measure_training_step(
                          "layers out of autograd's sight; enable it with use_reentrant=False to measure it")
     activations, copies = saved.counts()
     saved.outer.clear()
+    saved.holders.clear()
     saved.frames.clear()
     del held
 

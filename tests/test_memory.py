@@ -131,6 +131,19 @@ def test_measurement_is_exact_on_a_hand_countable_step():
     assert all(p.grad is None for p in net.parameters())  # cleared for the next step
 
 
+def test_what_a_dropped_part_of_the_graph_saved_does_not_count():
+    model, net = _two_layers()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+    def loss_fn(mod, b):
+        out = mod(b["x"])
+        (out * out).sum().detach()  # a side computation: mul saves out (5x3), then its graph is dropped
+        return out.sum()
+
+    m = memory.measure_training_step(model, {"x": torch.randn(5, 10)}, opt, loss_fn=loss_fn)
+    assert m.activations == 4 * 50  # what the step without the side computation keeps (the test above)
+
+
 def test_autocast_keeps_a_16_bit_copy_of_what_it_casts():
     model, net = _two_layers()
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
