@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -12,6 +10,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from lessonlib.authoring import exercises, notebooks
+
+from conftest import run_main
 from lessonlib.authoring.exercises import BEGIN, END, questions, strip_solution, unwrap_checks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,8 +150,7 @@ def test_generator_cli_builds_and_detects_stale_or_extra_files(tmp_path):
     nbformat.write(nb, solutions / "09_x.ipynb")
 
     def cli(action):
-        return subprocess.run([sys.executable, "-m", "lessonlib", "exercises", action, "--solutions", str(solutions),
-                               "--exercises", str(student)], capture_output=True, text=True)
+        return run_main(exercises.main, [action, "--solutions", str(solutions), "--exercises", str(student)])
 
     assert cli("check").returncode == 1                       # missing
     assert cli("build").returncode == 0

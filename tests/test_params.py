@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 
@@ -24,6 +23,9 @@ from lessonlib.params import (  # noqa: E402
     resolve_config,
     resolve_targets,
 )
+from lessonlib.params import main as params_main  # noqa: E402
+
+from conftest import run_main  # noqa: E402
 
 # a deprecation notice raised inside peft/transformers, not about this code
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -151,7 +153,7 @@ def test_resolve_targets_all_linear_leaves_out_the_head():
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lessonlib", "params", *args], capture_output=True, text=True)
+    return run_main(params_main, list(args))
 
 
 def test_cli_prints_the_table_of_the_issue_example():
