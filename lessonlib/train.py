@@ -291,6 +291,12 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
+    if param_groups is not None:
+        grouped = [id(p) for group in param_groups for p in group["params"]]
+        if len(grouped) != len(set(grouped)) or set(grouped) != {id(p) for p in params}:
+            raise ValueError(f"param_groups must hold each of the model's {len(params)} parameters with "
+                             f"requires_grad=True exactly once, got {len(grouped)} entries "
+                             f"({len(set(grouped) & {id(p) for p in params})} of them trainable, distinct)")
     torch.manual_seed(seed)
     keep_4bit_weights_unpacked(model)
     device = _device_of(model)

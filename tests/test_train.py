@@ -58,6 +58,27 @@ def test_training_is_reproducible_from_the_seed(tokenizer):
     assert runs[0].loss_history == runs[1].loss_history
 
 
+def test_parameter_groups_get_their_own_learning_rates(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_model(tokenizer), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
+                                                             init_lora_weights=False))  # B not zero: A has a gradient
+    a = [p for n, p in model.named_parameters() if p.requires_grad and "lora_A" in n]
+    b = [p for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n]
+    before = [p.detach().clone() for p in a + b]
+    examples = data.booking_splits(2, 0, 0, seed=0).train
+    train.train(model, tokenizer, examples, steps=1, batch_size=2, lr=1e-2, seed=0, progress=False,
+                param_groups=[{"params": a, "lr": 0.0}, {"params": b, "lr": 1e-2}])
+    assert all(torch.equal(p, q) for p, q in zip(a, before[:len(a)]))          # rate 0: A unchanged
+    assert not any(torch.equal(p, q) for p, q in zip(b, before[len(a):]))      # B moved
+    train.train(model, tokenizer, examples, steps=1, batch_size=2, lr=1e-2, seed=0, progress=False,
+                param_groups=[{"params": a, "lr": 1e-2}, {"params": b, "lr": 0.0}])
+    assert not any(torch.equal(p, q) for p, q in zip(a, before[:len(a)]))      # now A moved
+    for groups in ([{"params": a}], [{"params": a + b}, {"params": b}]):       # B missing; B twice
+        with pytest.raises(ValueError, match="param_groups must hold each of the model's 2 parameters"):
+            train.train(model, tokenizer, examples, steps=1, batch_size=2, progress=False, param_groups=groups)
+
+
 def test_training_refuses_a_model_without_trainable_parameters(tokenizer):
     model = tiny_model(tokenizer).requires_grad_(False)
     with pytest.raises(ValueError, match="requires_grad"):
