@@ -183,15 +183,26 @@ def prepare_run(script: str, argv: list[str] | None, quick: bool) -> SimpleNames
     return SimpleNamespace(tokenizer=tokenizer, steps=steps, batch=batch, splits=splits, base=base, header=header)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the sweep's CSV (appended to)")
-    parser.add_argument("--svd-out", type=Path, default=DEFAULT_SVD_OUT, help="the update-rank CSV")
-    parser.add_argument("--minutes", type=float, default=50.0, help="start no new point after this many minutes")
-    parser.add_argument("--quick", action="store_true", help="a few points on a tiny random model (seconds)")
+def sweep_arguments(argv: list[str] | None, description: str, out: Path, out_help: str, minutes: float,
+                    quick_help: str, extra: list[tuple[str, Path, str]]) -> argparse.Namespace:
+    """The command line every sweep script takes: ``--out``, its ``extra`` output files, ``--minutes`` and
+    ``--quick``; a ``--minutes`` that is not a positive number is one line on stderr and status 2."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=out, help=out_help)
+    for flag, default, help_text in extra:
+        parser.add_argument(flag, type=Path, default=default, help=help_text)
+    parser.add_argument("--minutes", type=float, default=minutes, help="start no new point after this many minutes")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     args = parser.parse_args(argv)
     if not args.minutes > 0:
         parser.exit(2, f"{parser.prog}: error: --minutes must be a positive number, got {args.minutes}\n")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sweep_arguments(argv, __doc__.splitlines()[0], DEFAULT_OUT, "the sweep's CSV (appended to)", 50.0,
+                           "a few points on a tiny random model (seconds)",
+                           [("--svd-out", DEFAULT_SVD_OUT, "the update-rank CSV")])
     started = time.perf_counter()
 
     from lessonlib.params import count_parameters

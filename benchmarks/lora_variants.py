@@ -27,7 +27,6 @@ on the same batch, alternating the two (so that a change of the machine's load h
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from hyperparameter_sweep import prepare_run, write_csv  # noqa: E402
+from hyperparameter_sweep import prepare_run, sweep_arguments, write_csv  # noqa: E402
 
 from lessonlib.sweep import Point, best_lr, read_rows, write_row  # noqa: E402
 from lessonlib.variants import VARIANTS  # noqa: E402
@@ -128,15 +127,10 @@ def step_time_rows(base, tokenizer, examples, batch: int, repeats: int = 10) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the CSV (appended to)")
-    parser.add_argument("--init-out", type=Path, default=DEFAULT_INIT_OUT, help="the initialisation CSV")
-    parser.add_argument("--steps-out", type=Path, default=DEFAULT_STEPS_OUT, help="the step-time CSV")
-    parser.add_argument("--minutes", type=float, default=30.0, help="start no new point after this many minutes")
-    parser.add_argument("--quick", action="store_true", help="three variants on a tiny random model (seconds)")
-    args = parser.parse_args(argv)
-    if not args.minutes > 0:
-        parser.exit(2, f"{parser.prog}: error: --minutes must be a positive number, got {args.minutes}\n")
+    args = sweep_arguments(argv, __doc__.splitlines()[0], DEFAULT_OUT, "the CSV (appended to)", 30.0,
+                           "three variants on a tiny random model (seconds)",
+                           [("--init-out", DEFAULT_INIT_OUT, "the initialisation CSV"),
+                            ("--steps-out", DEFAULT_STEPS_OUT, "the step-time CSV")])
     started = time.perf_counter()
 
     from lessonlib.sweep import run_point
